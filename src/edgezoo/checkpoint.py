@@ -1,0 +1,127 @@
+"""Safe checkpoint I/O: safetensors or ``torch.load(weights_only=True)``, atomic writes.
+
+A ``.pth`` that needs arbitrary unpickling (i.e. could run code) is refused, never executed.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Containers used by training scripts (timm, torchvision references, Lightning, ours) around the weights.
+_WRAPPER_KEYS = ("state_dict", "model", "model_state", "module")
+# Files a training run directory holds, in order of preference.
+RUN_DIR_WEIGHTS = ("best.safetensors", "last.safetensors")
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A weights file, or a training run directory (its ``best.safetensors``, else ``last.safetensors``)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in RUN_DIR_WEIGHTS:
+            if (p / name).is_file():
+                return p / name
+        raise FileNotFoundError(f"checkpoint directory {str(p)!r} has none of {list(RUN_DIR_WEIGHTS)}")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {str(p)!r}")
+    return p
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
+    while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a state dict of tensors")
+    state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not state:
+        raise ValueError(f"checkpoint {str(path)!r} contains no tensors")
+    # Weights saved from DistributedDataParallel / torch.compile carry a wrapper prefix on every key.
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a state dict from ``.safetensors`` or a ``.pth``-style file, safely, onto the CPU."""
+    p = resolve_checkpoint_path(path)
+    if p.suffix in SAFETENSORS_SUFFIXES:
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(p), device="cpu"))
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"checkpoint {str(p)!r} is not a valid safetensors file: {exc}") from None
+    if p.suffix not in TORCH_SUFFIXES:
+        raise ValueError(
+            f"checkpoint {str(p)!r} has suffix {p.suffix!r}; allowed: {list(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}"
+        )
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"refusing to load {str(p)!r}: it needs unrestricted unpickling, which can run arbitrary code "
+            f"(only tensors and plain containers are accepted). Details: {str(exc).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError) as exc:
+        raise ValueError(f"checkpoint {str(p)!r} could not be read: {exc}") from None
+    return _unwrap(obj, p)
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` so that ``path`` is either the old file or the complete new one, never a partial file."""
+    p = Path(path)
+    fd, tmp = _atomic_target(p)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temporary file + rename."""
+    p = Path(path)
+    fd, tmp = _atomic_target(p)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_safetensors(state_dict: Mapping[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Save tensors as safetensors atomically (shared/non-contiguous storage is copied, as the format requires)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})

@@ -1,0 +1,50 @@
+"""Command-line entry point ``edgezoo``: a thin layer over the library.
+
+Each command group lives in its own module exposing ``add_parsers(subparsers)``; every parser sets ``func``.
+User mistakes (bad names, numbers, paths) print one line on stderr and exit 2 — never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+EXIT_USAGE = 2
+_COMMAND_MODULES = ("models", "analysis", "train", "deploy")
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage dump
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgezoo", description="Efficient vision models: pick, understand, train and ship.")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"edgezoo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for mod in _COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{mod}").add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        sys.stderr.write(f"edgezoo: error: {msg}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("edgezoo: interrupted\n")
+        return 130

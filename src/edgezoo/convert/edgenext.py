@@ -1,0 +1,1 @@
+"""Placeholder: converters are registered by the family work in progress."""

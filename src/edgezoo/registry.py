@@ -1,0 +1,63 @@
+"""Model registry: timm-compatible names → builder, family and default config.
+
+Family modules register their variants at import time with :func:`register_model`; ``edgezoo.models`` imports
+every family so the registry is complete once ``edgezoo`` is imported.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    builder: Callable[..., nn.Module]
+    default_cfg: dict[str, Any]
+    # Known ImageNet-1k top-1 (percent) of the reference weights, for Pareto plots; None when unknown.
+    imagenet_top1: float | None = None
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    builder: Callable[..., nn.Module],
+    default_cfg: dict[str, Any],
+    imagenet_top1: float | None = None,
+) -> None:
+    """Add a model name. Names are unique; registering twice is a programming error."""
+    if name in _REGISTRY:
+        raise RuntimeError(f"model {name!r} is registered twice")
+    _REGISTRY[name] = ModelEntry(name, family, builder, dict(default_cfg), imagenet_top1)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted registered names matching an fnmatch ``pattern`` (e.g. ``"mobilenetv4*"``)."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a string, got {pattern!r}")
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``; unknown names raise ``ValueError`` suggesting the closest ones."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {name!r}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; see edgezoo.list_models()"
+        raise ValueError(f"unknown model name {name!r}{hint}") from None
+
+
+def model_family(name: str) -> str:
+    return get_entry(name).family
