@@ -4,6 +4,7 @@ from .attention import Attention
 from .conv import ConvNormAct, same_padding
 from .drop import DropPath, drop_path, drop_path_rates
 from .helpers import check_width_mult, make_divisible, to_2tuple
+from .inverted_residual import InvertedResidual
 from .mlp import Mlp
 from .norm import LayerNorm2d
 from .squeeze_excite import SqueezeExcite
@@ -12,6 +13,7 @@ __all__ = [
     "Attention",
     "ConvNormAct",
     "DropPath",
+    "InvertedResidual",
     "LayerNorm2d",
     "Mlp",
     "SqueezeExcite",
