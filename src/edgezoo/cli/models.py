@@ -59,12 +59,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Until training lands: show the zoo and one model's summary."""
-    cmd_list(argparse.Namespace(pattern="*"))
-    return cmd_summary(argparse.Namespace(name="mobilenetv3_small_100"))
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list registered models with params and default input size")
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'mobilenetv4*'")
@@ -72,5 +66,3 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="one model's parameters, feature levels and a test forward pass")
     p.add_argument("name")
     p.set_defaults(func=cmd_summary)
-    p = sub.add_parser("demo", help="the README's demo")
-    p.set_defaults(func=cmd_demo)
