@@ -1,14 +1,214 @@
-"""Training commands (being written). For now ``demo`` shows the zoo and one model's summary."""
+"""``edgezoo train | eval | predict | data | demo``: thin wrappers over :mod:`edgezoo.train`.
+
+Only flags the user actually typed override the recipe (their argparse default is "absent"), so the precedence
+defaults < family recipe < ``--config FILE.yaml`` < flags holds, and ``--resume`` can tell a conflicting flag
+from an omitted one.
+"""
+from __future__ import annotations
+
 import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import UserError
+
+DEMO_MODEL = "mobilenetv3_small_050"
+DEMO_EPOCHS = 12
+DEMO_OUT = "runs/demo"
+_DEMO_FILES = ("state.pt", "best.safetensors", "last.safetensors", "config.yaml", "metrics.csv", "curves.png",
+               "report.json")
+
+# flag name → (TrainConfig field, type, help)
+_TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--model": ("model", str, "model name (see `edgezoo list`); default mobilenetv3_small_050"),
+    "--data": ("data", str, "'digits' (bundled) or an ImageFolder dir (DIR/train + DIR/val, or DIR/<class>/)"),
+    "--epochs": ("epochs", int, "number of epochs (default 30)"),
+    "--batch-size": ("batch_size", int, "images per step per process (default 64)"),
+    "--img-size": ("img_size", int, "training resolution (default: 64/32 px on digits, else the model's)"),
+    "--lr": ("lr", float, "peak learning rate (default: the family's, scaled by batch size)"),
+    "--weight-decay": ("weight_decay", float, "decoupled/L2 weight decay (default: the family's)"),
+    "--optimizer": ("optimizer", str, "sgd | rmsprop | adamw (default: the family's)"),
+    "--warmup-epochs": ("warmup_epochs", float, "linear warm-up length before the cosine decay"),
+    "--grad-clip": ("grad_clip", float, "max global gradient norm (0 disables)"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing (default 0.1)"),
+    "--drop-path": ("drop_path", float, "stochastic depth rate"),
+    "--ema-decay": ("ema_decay", float, "EMA decay (default: adapted to the run length)"),
+    "--mixup": ("mixup_alpha", float, "MixUp alpha (0 = off)"),
+    "--cutmix": ("cutmix_alpha", float, "CutMix alpha (0 = off)"),
+    "--randaugment-ops": ("randaugment_ops", int, "RandAugment operations per image (0 = off)"),
+    "--val-fraction": ("val_fraction", float, "held-out fraction for a single ImageFolder dir"),
+    "--seed": ("seed", int, "random seed (default 0)"),
+    "--out": ("out", str, "run directory for checkpoints, metrics and plots"),
+    "--workers": ("workers", int, "data-loading worker processes"),
+    "--train-subset": ("train_subset", int, "train on only this many images (smoke tests)"),
+    "--val-subset": ("val_subset", int, "validate on only this many images"),
+    "--device": ("device", str, "cpu | cuda | cuda:N (default: cuda if available)"),
+    "--teacher": ("teacher", str, "teacher model name for knowledge distillation"),
+    "--teacher-checkpoint": ("teacher_checkpoint", str, "teacher weights: a run dir or weights file"),
+    "--kd-alpha": ("kd_alpha", float, "weight of the distillation term (default 0.5)"),
+    "--kd-temperature": ("kd_temperature", float, "distillation temperature (default 4)"),
+}
+_BOOL_FLAGS = {
+    "amp": "mixed precision (bf16/fp16 autocast); default on for CUDA",
+    "channels_last": "NHWC memory format; default on for CUDA convnets",
+    "ema": "keep an EMA of the weights (default on)",
+    "hflip": "random horizontal flips (default on, off for digits)",
+}
+
+
+def _parse_kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    import yaml
+
+    return key.strip(), yaml.safe_load(value)
+
+
+def _collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    given = vars(args)
+    overrides: dict[str, Any] = {}
+    for flag, (field, _, _) in _TRAIN_FLAGS.items():
+        if field in given:
+            overrides[field] = given[field]
+    for field in _BOOL_FLAGS:
+        if field in given:
+            overrides[field] = given[field]
+    if given.get("resume"):
+        overrides["resume"] = True
+    if given.get("no_progress"):
+        overrides["progress"] = False
+    if "model_kwarg" in given:
+        overrides["model_kwargs"] = dict(given["model_kwarg"])
+    return overrides
+
+
+def _run_training(overrides: dict[str, Any], config_file: str | None) -> dict[str, Any]:
+    from ..train import TrainingDiverged, build_config, train
+
+    cfg = build_config(overrides, yaml_path=config_file)
+    try:
+        return train(cfg, explicit=set(overrides))
+    except TrainingDiverged as exc:
+        sys.stderr.write(f"edgezoo: training stopped: {exc}\n")
+        raise SystemExit(1) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    report = _run_training(_collect_overrides(args), getattr(args, "config", None))
+    if getattr(args, "json", False):
+        print(json.dumps(report))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..train import evaluate_checkpoint
+
+    ckpt = Path(args.checkpoint)
+    png = args.confusion_png
+    if png is None:
+        png = str((ckpt if ckpt.is_dir() else ckpt.parent) / "confusion.png")
+    res = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
+                              confusion_png=png)
+    if args.json:
+        print(json.dumps({"top1": round(res["top1"], 4), "top5": round(res["top5"], 4), "n": res["n"]}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{res['model']}[/bold] ({res['checkpoint']}) on {args.data}: "
+                  f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  n={res['n']}"
+                  + (f"  (skipped {res['skipped']} unreadable)" if res["skipped"] else ""))
+    table = Table(title="per-class accuracy")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    table.add_column("images", justify="right")
+    for i, (cls, acc) in enumerate(res["per_class"].items()):
+        table.add_row(cls, "-" if acc is None else f"{acc:.2f}%", str(sum(res["confusion"][i])))
+    console.print(table)
+    console.print(f"confusion matrix: {png}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..train import predict_images
+
+    results = predict_images(args.checkpoint, args.images, topk=args.topk, device=args.device)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for r in results:
+        print(f"{r['image']}: " + ", ".join(f"{c} {p:.4f}" for c, p in r["top"]))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from ..train import write_digits_imagefolder
+
+    counts = write_digits_imagefolder(args.out)
+    print(f"wrote digits to {args.out}: {counts['train']} train + {counts['val']} val PNGs "
+          f"(8x8 grayscale, 10 classes, stratified 75/25 split, seed 0)")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .models import cmd_list, cmd_summary
-
-    cmd_list(argparse.Namespace(pattern="*"))
-    return cmd_summary(argparse.Namespace(name="mobilenetv3_small_100"))
+    """Train the demo model on digits with the default recipe, then print its report."""
+    out = Path(args.out)
+    if out.is_dir():  # start afresh: remove only what an earlier demo wrote
+        for name in _DEMO_FILES:
+            (out / name).unlink(missing_ok=True)
+    elif out.exists():
+        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+    report = _run_training({"model": args.model, "data": "digits", "epochs": args.epochs, "out": str(out)}, None)
+    print(json.dumps({k: report[k] for k in ("model", "best_top1", "final_top1", "params", "macs", "latency_ms",
+                                             "train_seconds", "img_size")}))
+    print(f"curves: {out / 'curves.png'}")
+    return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the README's demo")
+    S = argparse.SUPPRESS
+    p = sub.add_parser("train", help="train a model (digits or an ImageFolder); torchrun for several processes")
+    p.add_argument("--config", metavar="FILE.yaml", help="recipe settings (TrainConfig fields) from YAML")
+    for flag, (field, typ, help_) in _TRAIN_FLAGS.items():
+        p.add_argument(flag, dest=field, type=typ, default=S, help=help_)
+    for field, help_ in _BOOL_FLAGS.items():
+        p.add_argument(f"--{field.replace('_', '-')}", dest=field, action=argparse.BooleanOptionalAction,
+                       default=S, help=help_)
+    p.add_argument("--model-kwarg", dest="model_kwarg", action="append", type=_parse_kv, default=S,
+                   metavar="KEY=VALUE", help="family-specific create_model override, e.g. patch_size=4 (repeatable)")
+    p.add_argument("--resume", action="store_true", default=S, help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true", default=S, help="no progress bars or summary table")
+    p.add_argument("--json", action="store_true", help="print the final report as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors written by `edgezoo train`")
+    p.add_argument("--data", default="digits", help="'digits' or an ImageFolder dir (uses DIR/val if present)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--confusion-png", default=None, help="where to write the confusion matrix (default: run dir)")
+    p.add_argument("--json", action="store_true", help='print {"top1", "top5", "n"} as JSON')
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes of image files with a trained checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("data", help="write a bundled dataset as an ImageFolder of PNGs")
+    p.add_argument("name", choices=["digits"])
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("demo", help="train the demo model on digits and print its report (a few CPU minutes)")
+    p.add_argument("--model", default=DEMO_MODEL)
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    p.add_argument("--out", default=DEMO_OUT)
     p.set_defaults(func=cmd_demo)

@@ -1,1 +1,22 @@
-"""Being written."""
+"""Deployment: BN folding, the fastest inference engine per model, export with parity checks, int8 quantization.
+
+ONNX Runtime and OpenVINO are optional (``pip install 'edgezoo[export]'``) and imported only when used.
+"""
+from .export import FORMATS, ExportResult, export_model
+from .fuse import ChannelAffine, FuseReport, fold_bn, fuse, remaining_batchnorms
+from .optimize import BACKENDS, OptimizedModel, available_backends, optimize
+
+__all__ = [
+    "BACKENDS",
+    "FORMATS",
+    "ChannelAffine",
+    "ExportResult",
+    "FuseReport",
+    "OptimizedModel",
+    "available_backends",
+    "export_model",
+    "fold_bn",
+    "fuse",
+    "optimize",
+    "remaining_batchnorms",
+]

@@ -32,7 +32,7 @@ class DropPath(nn.Module):
 def drop_path_rates(drop_path_rate: float, depths: list[int] | tuple[int, ...]) -> list[list[float]]:
     """Linearly increasing stochastic-depth rates over all blocks, split per stage (the usual schedule)."""
     total = sum(depths)
-    rates = torch.linspace(0, drop_path_rate, total).tolist() if total else []
+    rates = torch.linspace(0, drop_path_rate, total, device="cpu").tolist() if total else []
     out, start = [], 0
     for d in depths:
         out.append(rates[start : start + d])

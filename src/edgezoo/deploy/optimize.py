@@ -1,0 +1,255 @@
+"""``optimize``: the fastest fp32 inference path for one model on this machine, chosen by measurement.
+
+Which engine is fastest depends on the model (depthwise convs vs GEMMs vs attention), the input size, the batch
+and the CPU; no fixed rule gets it right, so ``backend="auto"`` builds each available candidate on the BN-folded
+model, checks its outputs against eager PyTorch and times them **interleaved** (one call of each in turn, so load
+from other processes hits all candidates alike), then keeps the one with the lowest median latency.
+
+Candidates:
+
+* ``eager``       — BN-folded PyTorch under ``inference_mode``, channels_last when that measures faster;
+* ``compile``     — ``torch.compile`` (Inductor, weights frozen as constants); slow to build (tens of seconds),
+                    so ``auto`` tries it only when asked (``candidates=``);
+* ``onnxruntime`` — ONNX Runtime CPU with every graph optimization;
+* ``openvino``    — OpenVINO CPU plugin, latency hint, fp32 precision forced (it may otherwise pick bf16).
+
+Engines other than eager are compiled for one input shape; a call with a new shape builds (and caches) the
+engine for that shape, so the returned callable works at any batch and resolution the model supports.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .export import onnx_bytes, ort_session, rel_diff, require
+from .fuse import fuse
+
+BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
+AUTO_CANDIDATES = ("eager", "onnxruntime", "openvino")
+PARITY_TOL = 1e-3
+Runner = Callable[[Tensor], Tensor]
+
+
+def available_backends() -> list[str]:
+    """Backends whose engine is installed here (eager and compile always are)."""
+    import importlib.util
+
+    found = ["eager", "compile"]
+    for backend, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
+        if importlib.util.find_spec(module) is not None:
+            found.append(backend)
+    return found
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 15) -> dict[str, float]:
+    """Median milliseconds per call of each runner, timed round-robin so that noise is shared fairly."""
+    for _ in range(warmup):
+        for fn in runners.values():
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(repeats):
+        for key, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            samples[key].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+# --- engines -------------------------------------------------------------------------------------------------------
+def _eager_runner(model: nn.Module, channels_last: bool) -> Runner:
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def run(x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return model(x)
+
+    return run
+
+
+def _compile_runner(model: nn.Module, example: Tensor) -> Runner:
+    import torch._inductor.config as inductor_config
+
+    # Freezing turns weights into constants so Inductor can fold them and pre-pack them for oneDNN.
+    inductor_config.freezing = True
+    compiled = torch.compile(model, dynamic=False)
+
+    def run(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return compiled(x)
+
+    run(example)  # compile now, not on the user's first call
+    return run
+
+
+def _ort_runner(model: nn.Module, example: Tensor, threads: int) -> Runner:
+    sess = ort_session(onnx_bytes(model, example), threads=threads)
+    name = sess.get_inputs()[0].name
+
+    def run(x: Tensor) -> Tensor:
+        return torch.from_numpy(sess.run(None, {name: x.detach().contiguous().numpy()})[0])
+
+    return run
+
+
+def _openvino_runner(model: nn.Module, example: Tensor, threads: int) -> Runner:
+    ov = require("openvino")
+    core = ov.Core()
+    with tempfile.TemporaryDirectory(prefix="edgezoo-ov-") as tmp:
+        onnx_path = os.path.join(tmp, "model.onnx")
+        with open(onnx_path, "wb") as fh:
+            fh.write(onnx_bytes(model, example))
+        ov_model = core.read_model(onnx_path)
+        compiled = core.compile_model(
+            ov_model,
+            "CPU",
+            {
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": "f32",  # the contract is fp32 outputs, not whatever the CPU likes
+                "INFERENCE_NUM_THREADS": int(threads),
+            },
+        )
+    request = compiled.create_infer_request()
+
+    def run(x: Tensor) -> Tensor:
+        request.infer({0: x.detach().contiguous().numpy()}, share_inputs=True)
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    return run
+
+
+@dataclass
+class OptimizedModel:
+    """Callable inference engine returned by :func:`optimize`: ``logits = engine(images)``.
+
+    ``backend`` is the engine in use; ``timings_ms`` the measured median latency of every candidate tried at the
+    example input; ``max_rel_diff`` the difference to eager PyTorch at the example input (relative to the output
+    scale). A call with an input shape not seen before builds the engine for that shape first.
+    """
+
+    backend: str
+    timings_ms: dict[str, float]
+    max_rel_diff: float
+    threads: int
+    _model: nn.Module = field(repr=False)
+    _runners: dict[tuple[int, ...], Runner] = field(repr=False, default_factory=dict)
+    _channels_last: bool = field(repr=False, default=False)
+
+    def _build(self, example: Tensor) -> Runner:
+        return _build_runner(self.backend, self._model, example, self.threads, self._channels_last)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        key = tuple(x.shape) if self.backend in ("onnxruntime", "openvino") else ()
+        runner = self._runners.get(key)
+        if runner is None:
+            runner = self._runners[key] = self._build(x)
+        return runner(x)
+
+
+def _build_runner(backend: str, model: nn.Module, example: Tensor, threads: int, channels_last: bool) -> Runner:
+    if backend == "eager":
+        return _eager_runner(model, channels_last)
+    if backend == "compile":
+        return _compile_runner(model, example)
+    if backend == "onnxruntime":
+        return _ort_runner(model, example, threads)
+    if backend == "openvino":
+        return _openvino_runner(model, example, threads)
+    raise ValueError(f"backend must be one of {['auto', *BACKENDS]}, got {backend!r}")
+
+
+def optimize(
+    model: nn.Module,
+    example_input: Tensor,
+    backend: str = "auto",
+    *,
+    candidates: Sequence[str] | None = None,
+    threads: int | None = None,
+    repeats: int = 15,
+    tol: float = PARITY_TOL,
+) -> OptimizedModel:
+    """The fastest fp32 inference callable for ``model`` at ``example_input``'s shape.
+
+    ``backend`` is ``"auto"`` (measure ``candidates``, default :data:`AUTO_CANDIDATES` that are installed) or one of
+    :data:`BACKENDS`. Every engine runs the BN-folded model and must reproduce eager PyTorch within ``tol`` of the
+    output scale at the example input, else it is rejected (``auto``) or a ``RuntimeError`` is raised (explicit).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, Tensor) or example_input.dim() != 4:
+        raise ValueError(f"example_input must be a (B, C, H, W) tensor, got {getattr(example_input, 'shape', example_input)!r}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {['auto', *BACKENDS]}, got {backend!r}")
+    if backend == "auto":
+        have = available_backends()
+        wanted = list(candidates) if candidates is not None else [b for b in AUTO_CANDIDATES if b in have]
+        bad = [c for c in wanted if c not in BACKENDS]
+        if bad or not wanted:
+            raise ValueError(f"candidates must be a non-empty subset of {list(BACKENDS)}, got {candidates!r}")
+    else:
+        wanted = [backend]
+    threads = int(threads or torch.get_num_threads())
+    example_input = example_input.detach().float().contiguous()
+
+    model = model.eval()
+    with torch.inference_mode():
+        expected = model(example_input)
+    folded = fuse(model)
+
+    # channels_last helps oneDNN convolutions in eager mode but slows token models; measure rather than assume.
+    channels_last = False
+    runners: dict[str, Runner] = {}
+    for name in wanted:
+        if name == "eager" and _has_conv(folded):
+            plain, cl = _eager_runner(folded, False), _eager_runner(_copy(folded), True)
+            t = time_interleaved({"nchw": lambda: plain(example_input), "nhwc": lambda: cl(example_input)}, repeats=max(5, repeats // 2))
+            channels_last = t["nhwc"] < t["nchw"]
+            runners[name] = cl if channels_last else plain
+            continue
+        try:
+            runners[name] = _build_runner(name, folded, example_input, threads, False)
+        except ImportError:
+            if backend != "auto" or candidates is not None:
+                raise
+    diffs: dict[str, float] = {}
+    for name in list(runners):
+        diffs[name] = rel_diff(runners[name](example_input), expected)
+        if not diffs[name] <= tol:
+            if backend != "auto":
+                raise RuntimeError(f"backend {name!r} differs from eager PyTorch by {diffs[name]:.3g} of the output scale (allowed {tol:g})")
+            del runners[name]
+    if not runners:
+        raise RuntimeError(f"no backend among {wanted} reproduced the eager outputs: {diffs}")
+    if len(runners) > 1:
+        timings = time_interleaved({k: (lambda r=r: r(example_input)) for k, r in runners.items()}, repeats=repeats)
+    else:
+        timings = {}
+    best = min(timings, key=timings.get) if timings else next(iter(runners))
+    if best == "eager" and channels_last:
+        folded = folded.to(memory_format=torch.channels_last)
+    engine = OptimizedModel(
+        backend=best, timings_ms=timings, max_rel_diff=diffs[best], threads=threads, _model=folded, _channels_last=channels_last
+    )
+    engine._runners[tuple(example_input.shape) if best in ("onnxruntime", "openvino") else ()] = runners[best]
+    return engine
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)

@@ -1,0 +1,150 @@
+"""Mobile MQA: multi-query attention with spatially down-sampled keys/values (MobileNetV4, arXiv:2404.10518 §3.3).
+
+Multi-query attention (Shazeer, 2019) keeps one key/value head shared by all query heads. On mobile accelerators
+attention is memory-bound, so cutting K/V to one head (and, in the early high-resolution stages, shrinking the K/V
+map with a stride-2 depthwise conv + BN, "SRA"-style) removes most of the memory traffic at almost no accuracy cost.
+Queries may be down-sampled too (average pool + BN, output upsampled back bilinearly); MobileNetV4's published
+models do not use that, but the reference supports it.
+
+Projections are 1×1 convs on NCHW maps (no bias) and the attention itself is ``F.scaled_dot_product_attention``.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .conv import ConvNormAct
+from .drop import DropPath
+from .uib import LayerScale2d
+
+
+def _check_int(value: int, name: str, *, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+class MobileMQA(nn.Module):
+    """Multi-query attention over an NCHW map: ``num_heads`` query heads, one shared key head and value head.
+
+    Args:
+        dim: input channels.
+        out_dim: output channels (default ``dim``).
+        num_heads: query heads.
+        key_dim: per-head query/key width; the scale is ``key_dim ** -0.5``.
+        value_dim: value width (default ``key_dim``); the heads' outputs are concatenated to ``num_heads·value_dim``.
+        kv_stride: >1 down-samples K and V, each with its own stride-``kv_stride`` depthwise conv + BN.
+        kv_kernel: kernel of those depthwise convs.
+        query_stride: >1 average-pools the queries (then BN) and upsamples the output back to the input size.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        out_dim: int | None = None,
+        num_heads: int,
+        key_dim: int,
+        value_dim: int | None = None,
+        kv_stride: int = 1,
+        kv_kernel: int = 3,
+        query_stride: int = 1,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for value, name in ((dim, "dim"), (num_heads, "num_heads"), (key_dim, "key_dim"), (kv_stride, "kv_stride"),
+                            (kv_kernel, "kv_kernel"), (query_stride, "query_stride")):
+            _check_int(value, name)
+        out_dim = dim if out_dim is None else out_dim
+        value_dim = key_dim if value_dim is None else value_dim
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.value_dim = value_dim
+        self.query_stride = query_stride
+        self.attn_drop = attn_drop
+
+        if query_stride > 1:
+            # ceil_mode keeps the last row/column of odd maps (averaged over the pixels that exist)
+            self.query_pool = nn.AvgPool2d(query_stride, ceil_mode=True)
+            self.query_norm = nn.BatchNorm2d(dim)
+        else:
+            self.query_pool = nn.Identity()
+            self.query_norm = nn.Identity()
+        self.query_proj = nn.Conv2d(dim, num_heads * key_dim, 1, bias=False)
+
+        def down() -> nn.Module:
+            if kv_stride == 1:
+                return nn.Identity()
+            return ConvNormAct(dim, dim, kv_kernel, stride=kv_stride, groups=dim, act=None)
+
+        self.key_down = down()
+        self.key_proj = nn.Conv2d(dim, key_dim, 1, bias=False)
+        self.value_down = down()
+        self.value_proj = nn.Conv2d(dim, value_dim, 1, bias=False)
+        self.out_proj = nn.Conv2d(num_heads * value_dim, out_dim, 1, bias=False)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, _, height, width = x.shape
+        q = self.query_proj(self.query_norm(self.query_pool(x)))
+        q_height, q_width = q.shape[-2:]
+        # (B, heads·dk, h, w) -> (B, heads, h·w, dk)
+        q = q.reshape(batch, self.num_heads, self.key_dim, q_height * q_width).transpose(-1, -2)
+        # single K/V head: (B, d, m, n) -> (B, 1, m·n, d), broadcast (a view, no copy) over the query heads
+        k = self.key_proj(self.key_down(x)).flatten(2).transpose(-1, -2).unsqueeze(1)
+        v = self.value_proj(self.value_down(x)).flatten(2).transpose(-1, -2).unsqueeze(1)
+        k = k.expand(-1, self.num_heads, -1, -1)
+        v = v.expand(-1, self.num_heads, -1, -1)
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        # (B, heads, h·w, dv) -> (B, heads·dv, h, w), head-major channels
+        o = o.transpose(-1, -2).reshape(batch, self.num_heads * self.value_dim, q_height, q_width)
+        if self.query_stride > 1:
+            o = F.interpolate(o, size=(height, width), mode="bilinear", align_corners=False)
+        return self.proj_drop(self.out_proj(o))
+
+
+class MobileMQABlock(nn.Module):
+    """Pre-norm residual attention block of MobileNetV4's hybrids: ``x + drop_path(ls(MQA(BN(x))))``.
+
+    BatchNorm (not LayerNorm) as the pre-norm keeps the whole network foldable/quantisable like a convnet.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        *,
+        num_heads: int,
+        key_dim: int,
+        value_dim: int | None = None,
+        kv_stride: int = 1,
+        kv_kernel: int = 3,
+        query_stride: int = 1,
+        layer_scale_init: float | None = None,
+        drop_path: float = 0.0,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_chs)
+        self.attn = MobileMQA(
+            in_chs,
+            out_dim=out_chs,
+            num_heads=num_heads,
+            key_dim=key_dim,
+            value_dim=value_dim,
+            kv_stride=kv_stride,
+            kv_kernel=kv_kernel,
+            query_stride=query_stride,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+        )
+        self.layer_scale = LayerScale2d(out_chs, init_value=layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        self.has_skip = in_chs == out_chs
+        self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layer_scale(self.attn(self.norm(x)))
+        if self.has_skip:
+            out = self.drop_path(out) + x
+        return out

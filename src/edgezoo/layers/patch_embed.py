@@ -1,0 +1,48 @@
+"""Patchify an image with one strided convolution (ViT, Dosovitskiy et al. 2021; MLP-Mixer, Tolstikhin et al. 2021).
+
+Cutting the image into non-overlapping P×P patches and projecting each flattened patch with a shared linear layer is
+exactly a P×P convolution with stride P; the convolution form is what every reference checkpoint stores
+(``proj.weight`` of shape ``(embed_dim, in_chans, P, P)``) and what runs fastest.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def check_patch_size(patch_size: object) -> int:
+    """Validate a square patch size: a positive int."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int):
+        raise TypeError(f"patch_size must be a positive int, got {patch_size!r}")
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    return patch_size
+
+
+class PatchEmbed(nn.Module):
+    """Linear embedding of non-overlapping square patches; returns the ``(B, C, H/P, W/P)`` grid of patch vectors.
+
+    The output stays NCHW so that callers know the patch grid (needed to resize ViT's position embedding and to
+    check Mixer's fixed grid); they flatten it to tokens themselves.
+    """
+
+    def __init__(self, *, in_chans: int, embed_dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = check_patch_size(patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=True)
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid of an ``height × width`` input; raises ``ValueError`` unless both are multiples of the patch."""
+        p = self.patch_size
+        if height % p or width % p or height < p or width < p:
+            raise ValueError(
+                f"input size {height}x{width} is not allowed: height and width must be positive multiples of the "
+                f"patch size {p} (e.g. {max(p, height // p * p)}x{max(p, width // p * p)})"
+            )
+        return height // p, width // p
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.grid_size(x.shape[-2], x.shape[-1])
+        return self.proj(x)
+
+    def extra_repr(self) -> str:
+        return f"patch_size={self.patch_size}"

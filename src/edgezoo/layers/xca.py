@@ -1,0 +1,62 @@
+"""Cross-covariance attention (XCA) from XCiT (El-Nouby et al., 2021, arXiv:2106.09681), used by EdgeNeXt's SDTA.
+
+Ordinary self-attention mixes *tokens* with an N×N map, so its cost grows with N² = (H·W)². XCA transposes the
+problem: per head it builds a d×d map between *channels* from the cross-covariance of L2-normalised queries and keys
+taken over all tokens, which is linear in the number of tokens and works at any input resolution. Normalising
+queries and keys bounds the logits to [-1, 1], so a learnable per-head temperature τ replaces the usual 1/√d scale:
+
+    A_h = softmax(τ_h · q̂_hᵀ k̂_h)  (d × d),   out_h = v_h A_hᵀ  (N × d),   q̂ = q / ‖q‖ over tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class CrossCovarianceAttention(nn.Module):
+    """Multi-head XCA over ``(B, N, C)`` tokens: attention across channels, with learnable temperature per head.
+
+    The channel-to-channel attention is computed with ``F.scaled_dot_product_attention`` by treating each head's
+    ``d`` channels as the "sequence" and the ``N`` tokens as the "features": with ``scale=1`` and the temperature
+    multiplied into the normalised queries, SDPA evaluates exactly ``softmax(τ q̂ k̂ᵀ) v``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"num_heads must be an int >= 1, got {num_heads!r}")
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        # One temperature per head, shaped to broadcast over that head's (d × N) query matrix.
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = float(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens, dim = x.shape
+        # (B, N, 3·C) -> (3, B, heads, head_dim, N): channels become the attended axis, tokens the feature axis.
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 4, 1)
+        q, k, v = qkv.unbind(0)
+        q = F.normalize(q, dim=-1) * self.temperature
+        k = F.normalize(k, dim=-1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=1.0
+        )  # (B, heads, head_dim, N)
+        out = out.permute(0, 3, 1, 2).reshape(batch, tokens, dim)
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}"

@@ -1,0 +1,108 @@
+"""Evaluate and use trained checkpoints: accuracy, per-class accuracy, confusion matrix, top-k predictions.
+
+A checkpoint written by ``edgezoo train`` knows its model, classes and preprocessing (see
+:mod:`edgezoo.train.checkpoints`), so these functions need nothing but its path.
+"""
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..checkpoint import atomic_write_bytes
+from .checkpoints import load_trained_model
+from .data import eval_dataset, eval_transform, skip_none_collate
+from .engine import Runtime, evaluate_model
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, batch_size: int = 128,
+                        device: str = "cpu", confusion_png: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Top-1/top-5 (percent), per-class accuracy and confusion matrix of a trained checkpoint on ``data``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    model, meta = load_trained_model(checkpoint)
+    classes = meta["classes"]
+    ds, skipped = eval_dataset(data, classes=classes, img_size=meta["img_size"], crop_pct=meta["crop_pct"],
+                               mean=meta["mean"], std=meta["std"], interpolation=meta["interpolation"])
+    rt = Runtime(device=torch.device(device))
+    model.to(rt.device)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=skip_none_collate)
+    res = evaluate_model(model, loader, num_classes=len(classes), rt=rt)
+    conf = res.pop("confusion")
+    support = conf.sum(dim=1)
+    per_class = {c: (100.0 * conf[i, i].item() / support[i].item() if support[i] > 0 else None)
+                 for i, c in enumerate(classes)}
+    result = {"top1": res["top1"], "top5": res["top5"], "n": res["n"], "loss": res["loss"], "per_class": per_class,
+              "confusion": conf.tolist(), "classes": classes, "model": meta["model"], "checkpoint": meta["path"],
+              "skipped": skipped}
+    if confusion_png is not None:
+        write_confusion_png(confusion_png, conf, classes, title=f"{meta['model']} on {data}: top-1 {res['top1']:.2f}%")
+    return result
+
+
+def write_confusion_png(path: str | os.PathLike, confusion: torch.Tensor, classes: Sequence[str], *,
+                        title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    size = min(16.0, 2.5 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    if n <= 30:
+        ax.set_xticks(range(n), labels=list(classes), rotation=90)
+        ax.set_yticks(range(n), labels=list(classes))
+        peak = max(1, int(confusion.max()))
+        for i in range(n):
+            for j in range(n):
+                v = int(confusion[i, j])
+                if v:
+                    ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+                            color="white" if v > peak / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+@torch.no_grad()
+def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], *, topk: int = 5,
+                   device: str = "cpu") -> list[dict[str, Any]]:
+    """Top-``k`` ``(class, probability)`` per image file, with the checkpoint's own preprocessing."""
+    from PIL import Image
+
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"topk must be an int >= 1, got {topk!r}")
+    if not images:
+        raise ValueError("no images given to predict")
+    for p in images:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"image not found: {str(p)!r}")
+    model, meta = load_trained_model(checkpoint)
+    model.to(device)
+    tf = eval_transform(img_size=meta["img_size"], crop_pct=meta["crop_pct"], mean=meta["mean"], std=meta["std"],
+                        interpolation=meta["interpolation"])
+    k = min(topk, meta["num_classes"])
+    results = []
+    for p in images:
+        try:
+            with Image.open(p) as im:
+                img = im.convert("RGB")
+        except Exception as exc:
+            raise ValueError(f"cannot read image {str(p)!r}: {exc}") from None
+        probs = model(tf(img)[None].to(device)).float().softmax(dim=-1)[0].cpu()
+        top = probs.topk(k)
+        results.append({"image": str(p), "top": [(meta["classes"][i], float(v))
+                                                 for v, i in zip(top.values.tolist(), top.indices.tolist())]})
+    return results
