@@ -101,10 +101,15 @@ def test_parity_check_can_fail():
 def test_features_only_maps_match_timm(name):
     ref, _ = pair(name)
     sd = ref.state_dict()
-    ref_feats = timm_model(name, features_only=True).eval()
-    ref_feats.load_state_dict({k: v for k, v in sd.items() if k in ref_feats.state_dict()})
-    ours = edgezoo.create_model(name, features_only=True).eval()
-    ours.load_state_dict({k: v for k, v in edgezoo.convert_state_dict(name, sd).items() if k in ours.state_dict()})
+    # built on the meta device and filled with the perturbed weights: no time spent on random init
+    with torch.device("meta"):
+        ref_feats = timm_model(name, features_only=True)
+        ours = edgezoo.create_model(name, features_only=True)
+    ref_feats.load_state_dict({k: v for k, v in sd.items() if k in ref_feats.state_dict()}, assign=True)
+    converted = edgezoo.convert_state_dict(name, sd)
+    ours.load_state_dict({k: v for k, v in converted.items() if k in ours.state_dict()}, assign=True)
+    ref_feats.eval()
+    ours.eval()
     x = torch.randn(1, 3, 97, 65)
     with torch.no_grad():
         mine, theirs = ours(x), ref_feats(x)

@@ -423,8 +423,6 @@ def _resolve_shape(input_shape: Sequence[int] | int) -> tuple[int, ...]:
         raise TypeError(f"input_shape must be a sequence of ints such as (1, 3, 224, 224), got {input_shape!r}") from None
     if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
         raise ValueError(f"input_shape must be positive ints such as (1, 3, 224, 224), got {input_shape!r}")
-    if len(shape) == 3:  # (C, H, W): one image
-        shape = (1, *shape)
     return shape
 
 
@@ -436,7 +434,7 @@ def profile(
     device: str | torch.device = "meta",
     name: str = "",
 ) -> Profile:
-    """Profile one forward pass of ``model`` on an input of ``input_shape`` (``(C, H, W)`` means batch 1).
+    """Profile one forward pass of ``model`` on an input of ``input_shape``, batch included (``(1, 3, 224, 224)``).
 
     ``dtype`` sets the bytes per element of weights and activations (e.g. ``torch.int8`` for an int8 deployment,
     ``torch.float16`` for a GPU); the pass itself runs in float32 on ``device`` (``"meta"``: shapes only, fast).

@@ -260,8 +260,7 @@ class MobileViT(EdgeModel):
         self.stem = ConvNormAct(in_chans, variant.stem_chs, 3, stride=2, act=act)
 
         depths = [s.num_mv2 + (1 if s.has_transformer else 0) for s in variant.stages]
-        with torch.device("cpu"):  # the schedule is plain numbers, also when the model is built on the meta device
-            dpr = drop_path_rates(drop_path_rate, depths)
+        dpr = drop_path_rates(drop_path_rate, depths)
         stages: list[nn.Module] = []
         feature_info = []
         in_chs, reduction = variant.stem_chs, 2
