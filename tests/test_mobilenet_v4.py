@@ -27,6 +27,12 @@ ODD_SIZE = (161, 97)
 _PAIRS: dict[str, tuple[nn.Module, nn.Module]] = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _free_pairs():
+    yield
+    _PAIRS.clear()
+
+
 def pair(name: str) -> tuple[nn.Module, nn.Module]:
     """(perturbed timm model, edgezoo model with converted weights), built once per module run."""
     if name not in _PAIRS:
@@ -105,9 +111,10 @@ def test_features_only_maps_match_timm(name):
     with torch.device("meta"):
         ref_feats = timm_model(name, features_only=True)
         ours = edgezoo.create_model(name, features_only=True)
-    ref_feats.load_state_dict({k: v for k, v in sd.items() if k in ref_feats.state_dict()}, assign=True)
+    ref_keys, our_keys = set(ref_feats.state_dict()), set(ours.state_dict())
+    ref_feats.load_state_dict({k: v for k, v in sd.items() if k in ref_keys}, assign=True)
     converted = edgezoo.convert_state_dict(name, sd)
-    ours.load_state_dict({k: v for k, v in converted.items() if k in ours.state_dict()}, assign=True)
+    ours.load_state_dict({k: v for k, v in converted.items() if k in our_keys}, assign=True)
     ref_feats.eval()
     ours.eval()
     x = torch.randn(1, 3, 97, 65)
@@ -196,7 +203,7 @@ def test_uib_forms_match_timm_block(form, stride):
     from timm.models._efficientnet_blocks import UniversalInvertedResidual
 
     start, mid = UIB_FORMS[form]
-    assert UIBSpec(16, start, mid, 4.0).form == form
+    assert UIBSpec(out_chs=16, start_dw_kernel=start, mid_dw_kernel=mid, expand_ratio=4.0).form == form
     if form == "FFN" and stride == 2:
         with pytest.raises(ValueError, match="stride"):
             UniversalInvertedBottleneck(16, 24, start_dw_kernel=start, mid_dw_kernel=mid, expand_ratio=4.0, stride=2)
@@ -308,4 +315,4 @@ def test_variant_table_is_typed():
     hybrid = edgezoo.create_model("mobilenetv4_hybrid_medium")
     assert isinstance(hybrid, MobileNetV4)
     assert sum(isinstance(m, MobileMQABlock) for m in hybrid.modules()) == 8
-    assert MQASpec(160, num_heads=4, head_dim=64, kv_stride=2).stride == 1
+    assert MQASpec(out_chs=160, num_heads=4, head_dim=64, kv_stride=2).stride == 1

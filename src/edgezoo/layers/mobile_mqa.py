@@ -1,4 +1,4 @@
-"""Mobile MQA: multi-query attention with spatially down-sampled keys/values (MobileNetV4, arXiv:2404.10518 §3.3).
+"""Mobile MQA: multi-query attention with spatially down-sampled keys/values (MobileNetV4, arXiv:2404.10518).
 
 Multi-query attention (Shazeer, 2019) keeps one key/value head shared by all query heads. On mobile accelerators
 attention is memory-bound, so cutting K/V to one head (and, in the early high-resolution stages, shrinking the K/V

@@ -1,6 +1,6 @@
 """Universal Inverted Bottleneck and fused inverted bottleneck (MobileNetV4, Qin et al. 2024, arXiv:2404.10518).
 
-The UIB (paper §3.1, Fig. 4) generalises the MobileNetV2 inverted bottleneck with two *optional* depthwise convs:
+The UIB generalises the MobileNetV2 inverted bottleneck with two *optional* depthwise convs:
 one before the 1×1 expansion ("start") and one between expansion and projection ("middle"). Switching them on and
 off gives four blocks that the NAS of the paper picks from per layer:
 

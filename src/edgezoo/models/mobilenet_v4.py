@@ -2,17 +2,17 @@
 
 MobileNetV4 is a NAS-searched family built from two new pieces (both in :mod:`edgezoo.layers`):
 
-* the **Universal Inverted Bottleneck** (UIB, §3.1): an inverted bottleneck with an optional depthwise conv before the
+* the **Universal Inverted Bottleneck** (UIB): an inverted bottleneck with an optional depthwise conv before the
   expansion and an optional one after it, giving the IB / ConvNext / ExtraDW / FFN forms the search mixes per layer;
-* **Mobile MQA** (§3.3): multi-query attention with one shared K/V head whose map is shrunk by a stride-2 depthwise
+* **Mobile MQA**: multi-query attention with one shared K/V head whose map is shrunk by a stride-2 depthwise
   conv in the 16× stage, used by the hybrid models in their last two stages.
 
 The first stage after the stem is a fused IB (a k×k full conv expanding, then a 1×1 projection), or plain convs in
 Conv-S. The head pools first and then runs a 1×1 conv 960→1280 with BN and activation (the MobileNetV3 "efficient
 head" plus a norm), then the classifier.
 
-Variants are data: a frozen dataclass per block kind, one tuple per stage, written like the paper's Tables 10–14
-(spatial sizes in the comments are those at each model's default input). Block kinds mirror the paper's names:
+Variants are data: a frozen dataclass per block kind, one tuple per stage, written like the paper's
+architecture tables (spatial sizes in the comments are those at each model's default input). Block kinds mirror the paper's names:
 ``Conv``, ``FusedIB``, ``ExtraDW`` / ``IB`` / ``ConvNext`` / ``FFN`` (all UIB) and ``MQA``.
 
 Parameter names, feature levels and default configs match timm's ``mobilenetv4_*`` models (converter in
@@ -37,7 +37,7 @@ FAMILY = "mobilenetv4"
 
 
 # --- block specs (one frozen dataclass per block kind) ------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConvSpec:
     """A plain k×k conv → BN → act, no residual (Conv-S's early layers and the final 1×1 conv to 960)."""
 
@@ -47,7 +47,7 @@ class ConvSpec:
     repeats: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FusedIBSpec:
     """Fused inverted bottleneck: k×k full conv to ``in_chs · expand_ratio``, then a 1×1 linear projection."""
 
@@ -58,7 +58,7 @@ class FusedIBSpec:
     repeats: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UIBSpec:
     """Universal inverted bottleneck; ``None`` kernels mean the optional depthwise conv is absent.
 
@@ -74,12 +74,12 @@ class UIBSpec:
 
     @property
     def form(self) -> str:
-        """The paper's name for this UIB instantiation (Fig. 4)."""
+        """The paper's name for this UIB instantiation."""
         names = {(True, True): "ExtraDW", (False, True): "IB", (True, False): "ConvNext", (False, False): "FFN"}
         return names[(self.start_dw_kernel is not None, self.mid_dw_kernel is not None)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MQASpec:
     """Mobile MQA block: ``num_heads`` query heads of width ``head_dim`` sharing one K and one V head.
 
@@ -102,27 +102,37 @@ class MQASpec:
 BlockSpec = Union[ConvSpec, FusedIBSpec, UIBSpec, MQASpec]
 
 
-def ExtraDW(out_chs: int, start_kernel: int, mid_kernel: int, *, expand_ratio: float, stride: int = 1, repeats: int = 1) -> UIBSpec:  # noqa: N802
+def ExtraDW(  # noqa: N802  (the paper's block name)
+    *, out_chs: int, start_dw_kernel: int, mid_dw_kernel: int, expand_ratio: float, stride: int = 1, repeats: int = 1
+) -> UIBSpec:
     """UIB with both depthwise convs: extra depth and receptive field for little cost."""
-    return UIBSpec(out_chs, start_kernel, mid_kernel, expand_ratio, stride, repeats)
+    return UIBSpec(out_chs=out_chs, start_dw_kernel=start_dw_kernel, mid_dw_kernel=mid_dw_kernel,
+                   expand_ratio=expand_ratio, stride=stride, repeats=repeats)
 
 
-def IB(out_chs: int, mid_kernel: int, *, expand_ratio: float, stride: int = 1, repeats: int = 1) -> UIBSpec:  # noqa: N802
+def IB(  # noqa: N802
+    *, out_chs: int, mid_dw_kernel: int, expand_ratio: float, stride: int = 1, repeats: int = 1
+) -> UIBSpec:
     """UIB as the MobileNetV2 inverted bottleneck (depthwise conv on the expanded features only)."""
-    return UIBSpec(out_chs, None, mid_kernel, expand_ratio, stride, repeats)
+    return UIBSpec(out_chs=out_chs, start_dw_kernel=None, mid_dw_kernel=mid_dw_kernel,
+                   expand_ratio=expand_ratio, stride=stride, repeats=repeats)
 
 
-def ConvNext(out_chs: int, start_kernel: int, *, expand_ratio: float, stride: int = 1, repeats: int = 1) -> UIBSpec:  # noqa: N802
+def ConvNext(  # noqa: N802
+    *, out_chs: int, start_dw_kernel: int, expand_ratio: float, stride: int = 1, repeats: int = 1
+) -> UIBSpec:
     """UIB as a ConvNeXt-like block (depthwise conv before the expansion only)."""
-    return UIBSpec(out_chs, start_kernel, None, expand_ratio, stride, repeats)
+    return UIBSpec(out_chs=out_chs, start_dw_kernel=start_dw_kernel, mid_dw_kernel=None,
+                   expand_ratio=expand_ratio, stride=stride, repeats=repeats)
 
 
-def FFN(out_chs: int, *, expand_ratio: float, repeats: int = 1) -> UIBSpec:  # noqa: N802
+def FFN(*, out_chs: int, expand_ratio: float, repeats: int = 1) -> UIBSpec:  # noqa: N802
     """UIB with no depthwise conv: a pointwise feed-forward network (stride 1 only)."""
-    return UIBSpec(out_chs, None, None, expand_ratio, 1, repeats)
+    return UIBSpec(out_chs=out_chs, start_dw_kernel=None, mid_dw_kernel=None,
+                   expand_ratio=expand_ratio, stride=1, repeats=repeats)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MobileNetV4Config:
     """One MobileNetV4 variant: stem width, stages of block specs, activation and layer-scale init."""
 
@@ -135,193 +145,193 @@ class MobileNetV4Config:
 
 # --- the variant table ------------------------------------------------------------------------------------------
 # The last stage of every variant is the 1×1 conv to 960 channels that precedes the pooled head.
-_TO_960 = (ConvSpec(960, 1),)
+_TO_960 = (ConvSpec(out_chs=960, kernel_size=1),)
 
-CONV_SMALL = MobileNetV4Config(  # Table 10, default input 224
+CONV_SMALL = MobileNetV4Config(  # MNv4-Conv-S, default input 224
     stem_chs=32,
     stages=(
         (  # 112×112 in
-            ConvSpec(32, 3, stride=2),
-            ConvSpec(32, 1),
+            ConvSpec(out_chs=32, kernel_size=3, stride=2),
+            ConvSpec(out_chs=32, kernel_size=1),
         ),
         (  # 56×56 in
-            ConvSpec(96, 3, stride=2),
-            ConvSpec(64, 1),
+            ConvSpec(out_chs=96, kernel_size=3, stride=2),
+            ConvSpec(out_chs=64, kernel_size=1),
         ),
         (  # 28×28 in
-            ExtraDW(96, 5, 5, expand_ratio=3.0, stride=2),
-            IB(96, 3, expand_ratio=2.0, repeats=4),
-            ConvNext(96, 3, expand_ratio=4.0),
+            ExtraDW(out_chs=96, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=3.0, stride=2),
+            IB(out_chs=96, mid_dw_kernel=3, expand_ratio=2.0, repeats=4),
+            ConvNext(out_chs=96, start_dw_kernel=3, expand_ratio=4.0),
         ),
         (  # 14×14 in
-            ExtraDW(128, 3, 3, expand_ratio=6.0, stride=2),
-            ExtraDW(128, 5, 5, expand_ratio=4.0),
-            IB(128, 5, expand_ratio=4.0),
-            IB(128, 5, expand_ratio=3.0),
-            IB(128, 3, expand_ratio=4.0, repeats=2),
+            ExtraDW(out_chs=128, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=6.0, stride=2),
+            ExtraDW(out_chs=128, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=4.0),
+            IB(out_chs=128, mid_dw_kernel=5, expand_ratio=4.0),
+            IB(out_chs=128, mid_dw_kernel=5, expand_ratio=3.0),
+            IB(out_chs=128, mid_dw_kernel=3, expand_ratio=4.0, repeats=2),
         ),
         _TO_960,  # 7×7 in
     ),
 )
 
-CONV_MEDIUM = MobileNetV4Config(  # Table 11, default input 256
+CONV_MEDIUM = MobileNetV4Config(  # MNv4-Conv-M, default input 256
     stem_chs=32,
     stages=(
         (  # 128×128 in
-            FusedIBSpec(48, 3, expand_ratio=4.0, stride=2),
+            FusedIBSpec(out_chs=48, kernel_size=3, expand_ratio=4.0, stride=2),
         ),
         (  # 64×64 in
-            ExtraDW(80, 3, 5, expand_ratio=4.0, stride=2),
-            ExtraDW(80, 3, 3, expand_ratio=2.0),
+            ExtraDW(out_chs=80, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0, stride=2),
+            ExtraDW(out_chs=80, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=2.0),
         ),
         (  # 32×32 in
-            ExtraDW(160, 3, 5, expand_ratio=6.0, stride=2),
-            ExtraDW(160, 3, 3, expand_ratio=4.0, repeats=2),
-            ExtraDW(160, 3, 5, expand_ratio=4.0),
-            ExtraDW(160, 3, 3, expand_ratio=4.0),
-            ConvNext(160, 3, expand_ratio=4.0),
-            FFN(160, expand_ratio=2.0),
-            ConvNext(160, 3, expand_ratio=4.0),
+            ExtraDW(out_chs=160, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=6.0, stride=2),
+            ExtraDW(out_chs=160, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=4.0, repeats=2),
+            ExtraDW(out_chs=160, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0),
+            ExtraDW(out_chs=160, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=4.0),
+            ConvNext(out_chs=160, start_dw_kernel=3, expand_ratio=4.0),
+            FFN(out_chs=160, expand_ratio=2.0),
+            ConvNext(out_chs=160, start_dw_kernel=3, expand_ratio=4.0),
         ),
         (  # 16×16 in
-            ExtraDW(256, 5, 5, expand_ratio=6.0, stride=2),
-            ExtraDW(256, 5, 5, expand_ratio=4.0),
-            ExtraDW(256, 3, 5, expand_ratio=4.0, repeats=2),
-            FFN(256, expand_ratio=4.0),
-            ConvNext(256, 3, expand_ratio=4.0),
-            ExtraDW(256, 3, 5, expand_ratio=2.0),
-            ExtraDW(256, 5, 5, expand_ratio=4.0),
-            FFN(256, expand_ratio=4.0, repeats=2),
-            ConvNext(256, 5, expand_ratio=2.0),
+            ExtraDW(out_chs=256, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=6.0, stride=2),
+            ExtraDW(out_chs=256, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=4.0),
+            ExtraDW(out_chs=256, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0, repeats=2),
+            FFN(out_chs=256, expand_ratio=4.0),
+            ConvNext(out_chs=256, start_dw_kernel=3, expand_ratio=4.0),
+            ExtraDW(out_chs=256, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=2.0),
+            ExtraDW(out_chs=256, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=4.0),
+            FFN(out_chs=256, expand_ratio=4.0, repeats=2),
+            ConvNext(out_chs=256, start_dw_kernel=5, expand_ratio=2.0),
         ),
         _TO_960,  # 8×8 in
     ),
 )
 
-CONV_LARGE = MobileNetV4Config(  # Table 12, default input 384
+CONV_LARGE = MobileNetV4Config(  # MNv4-Conv-L, default input 384
     stem_chs=24,
     stages=(
         (  # 192×192 in
-            FusedIBSpec(48, 3, expand_ratio=4.0, stride=2),
+            FusedIBSpec(out_chs=48, kernel_size=3, expand_ratio=4.0, stride=2),
         ),
         (  # 96×96 in
-            ExtraDW(96, 3, 5, expand_ratio=4.0, stride=2),
-            ExtraDW(96, 3, 3, expand_ratio=4.0),
+            ExtraDW(out_chs=96, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0, stride=2),
+            ExtraDW(out_chs=96, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=4.0),
         ),
         (  # 48×48 in
-            ExtraDW(192, 3, 5, expand_ratio=4.0, stride=2),
-            ExtraDW(192, 3, 3, expand_ratio=4.0, repeats=3),
-            ExtraDW(192, 3, 5, expand_ratio=4.0),
-            ExtraDW(192, 5, 3, expand_ratio=4.0, repeats=5),
-            ConvNext(192, 3, expand_ratio=4.0),
+            ExtraDW(out_chs=192, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0, stride=2),
+            ExtraDW(out_chs=192, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=4.0, repeats=3),
+            ExtraDW(out_chs=192, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0),
+            ExtraDW(out_chs=192, start_dw_kernel=5, mid_dw_kernel=3, expand_ratio=4.0, repeats=5),
+            ConvNext(out_chs=192, start_dw_kernel=3, expand_ratio=4.0),
         ),
         (  # 24×24 in
-            ExtraDW(512, 5, 5, expand_ratio=4.0, stride=2, repeats=4),
-            ConvNext(512, 5, expand_ratio=4.0),
-            ExtraDW(512, 5, 3, expand_ratio=4.0),
-            ConvNext(512, 5, expand_ratio=4.0, repeats=2),
-            ExtraDW(512, 5, 3, expand_ratio=4.0),
-            ExtraDW(512, 5, 5, expand_ratio=4.0),
-            ConvNext(512, 5, expand_ratio=4.0, repeats=3),
+            ExtraDW(out_chs=512, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=4.0, stride=2, repeats=4),
+            ConvNext(out_chs=512, start_dw_kernel=5, expand_ratio=4.0),
+            ExtraDW(out_chs=512, start_dw_kernel=5, mid_dw_kernel=3, expand_ratio=4.0),
+            ConvNext(out_chs=512, start_dw_kernel=5, expand_ratio=4.0, repeats=2),
+            ExtraDW(out_chs=512, start_dw_kernel=5, mid_dw_kernel=3, expand_ratio=4.0),
+            ExtraDW(out_chs=512, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=4.0),
+            ConvNext(out_chs=512, start_dw_kernel=5, expand_ratio=4.0, repeats=3),
         ),
         _TO_960,  # 12×12 in
     ),
 )
 
 # Hybrid models: the 16× stage's MQA blocks down-sample K/V (stride 2), the 32× stage's do not.
-_MQA_M16 = MQASpec(160, num_heads=4, head_dim=64, kv_stride=2)
-_MQA_M32 = MQASpec(256, num_heads=4, head_dim=64)
+_MQA_M16 = MQASpec(out_chs=160, num_heads=4, head_dim=64, kv_stride=2)
+_MQA_M32 = MQASpec(out_chs=256, num_heads=4, head_dim=64)
 
-HYBRID_MEDIUM = MobileNetV4Config(  # Table 13, default input 256
+HYBRID_MEDIUM = MobileNetV4Config(  # MNv4-Hybrid-M, default input 256
     stem_chs=32,
     layer_scale_init=1e-5,
     stages=(
         (  # 128×128 in
-            FusedIBSpec(48, 3, expand_ratio=4.0, stride=2),
+            FusedIBSpec(out_chs=48, kernel_size=3, expand_ratio=4.0, stride=2),
         ),
         (  # 64×64 in
-            ExtraDW(80, 3, 5, expand_ratio=4.0, stride=2),
-            ExtraDW(80, 3, 3, expand_ratio=2.0),
+            ExtraDW(out_chs=80, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0, stride=2),
+            ExtraDW(out_chs=80, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=2.0),
         ),
         (  # 32×32 in
-            ExtraDW(160, 3, 5, expand_ratio=6.0, stride=2),
-            FFN(160, expand_ratio=2.0),
-            ExtraDW(160, 3, 3, expand_ratio=4.0),
-            ExtraDW(160, 3, 5, expand_ratio=4.0),
+            ExtraDW(out_chs=160, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=6.0, stride=2),
+            FFN(out_chs=160, expand_ratio=2.0),
+            ExtraDW(out_chs=160, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=4.0),
+            ExtraDW(out_chs=160, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0),
             _MQA_M16,
-            ExtraDW(160, 3, 3, expand_ratio=4.0),
+            ExtraDW(out_chs=160, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=4.0),
             _MQA_M16,
-            ConvNext(160, 3, expand_ratio=4.0),
+            ConvNext(out_chs=160, start_dw_kernel=3, expand_ratio=4.0),
             _MQA_M16,
-            ExtraDW(160, 3, 3, expand_ratio=4.0),
+            ExtraDW(out_chs=160, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=4.0),
             _MQA_M16,
-            ConvNext(160, 3, expand_ratio=4.0),
+            ConvNext(out_chs=160, start_dw_kernel=3, expand_ratio=4.0),
         ),
         (  # 16×16 in
-            ExtraDW(256, 5, 5, expand_ratio=6.0, stride=2),
-            ExtraDW(256, 5, 5, expand_ratio=4.0),
-            ExtraDW(256, 3, 5, expand_ratio=4.0, repeats=2),
-            FFN(256, expand_ratio=2.0),
-            ExtraDW(256, 3, 5, expand_ratio=2.0),
-            FFN(256, expand_ratio=2.0),
-            FFN(256, expand_ratio=4.0),
+            ExtraDW(out_chs=256, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=6.0, stride=2),
+            ExtraDW(out_chs=256, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=4.0),
+            ExtraDW(out_chs=256, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0, repeats=2),
+            FFN(out_chs=256, expand_ratio=2.0),
+            ExtraDW(out_chs=256, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=2.0),
+            FFN(out_chs=256, expand_ratio=2.0),
+            FFN(out_chs=256, expand_ratio=4.0),
             _MQA_M32,
-            ConvNext(256, 3, expand_ratio=4.0),
+            ConvNext(out_chs=256, start_dw_kernel=3, expand_ratio=4.0),
             _MQA_M32,
-            ExtraDW(256, 5, 5, expand_ratio=4.0),
+            ExtraDW(out_chs=256, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=4.0),
             _MQA_M32,
-            ConvNext(256, 5, expand_ratio=4.0),
+            ConvNext(out_chs=256, start_dw_kernel=5, expand_ratio=4.0),
             _MQA_M32,
-            ConvNext(256, 5, expand_ratio=4.0),
+            ConvNext(out_chs=256, start_dw_kernel=5, expand_ratio=4.0),
         ),
         _TO_960,  # 8×8 in
     ),
 )
 
-_MQA_L16 = MQASpec(192, num_heads=8, head_dim=48, kv_stride=2)
-_MQA_L32 = MQASpec(512, num_heads=8, head_dim=64)
+_MQA_L16 = MQASpec(out_chs=192, num_heads=8, head_dim=48, kv_stride=2)
+_MQA_L32 = MQASpec(out_chs=512, num_heads=8, head_dim=64)
 
-HYBRID_LARGE = MobileNetV4Config(  # Table 14, default input 384; GELU throughout
+HYBRID_LARGE = MobileNetV4Config(  # MNv4-Hybrid-L, default input 384; GELU throughout
     stem_chs=24,
     act="gelu",
     layer_scale_init=1e-5,
     stages=(
         (  # 192×192 in
-            FusedIBSpec(48, 3, expand_ratio=4.0, stride=2),
+            FusedIBSpec(out_chs=48, kernel_size=3, expand_ratio=4.0, stride=2),
         ),
         (  # 96×96 in
-            ExtraDW(96, 3, 5, expand_ratio=4.0, stride=2),
-            ExtraDW(96, 3, 3, expand_ratio=4.0),
+            ExtraDW(out_chs=96, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0, stride=2),
+            ExtraDW(out_chs=96, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=4.0),
         ),
         (  # 48×48 in
-            ExtraDW(192, 3, 5, expand_ratio=4.0, stride=2),
-            ExtraDW(192, 3, 3, expand_ratio=4.0, repeats=3),
-            ExtraDW(192, 3, 5, expand_ratio=4.0),
-            ExtraDW(192, 5, 3, expand_ratio=4.0, repeats=2),
+            ExtraDW(out_chs=192, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0, stride=2),
+            ExtraDW(out_chs=192, start_dw_kernel=3, mid_dw_kernel=3, expand_ratio=4.0, repeats=3),
+            ExtraDW(out_chs=192, start_dw_kernel=3, mid_dw_kernel=5, expand_ratio=4.0),
+            ExtraDW(out_chs=192, start_dw_kernel=5, mid_dw_kernel=3, expand_ratio=4.0, repeats=2),
             _MQA_L16,
-            ExtraDW(192, 5, 3, expand_ratio=4.0),
+            ExtraDW(out_chs=192, start_dw_kernel=5, mid_dw_kernel=3, expand_ratio=4.0),
             _MQA_L16,
-            ExtraDW(192, 5, 3, expand_ratio=4.0),
+            ExtraDW(out_chs=192, start_dw_kernel=5, mid_dw_kernel=3, expand_ratio=4.0),
             _MQA_L16,
-            ExtraDW(192, 5, 3, expand_ratio=4.0),
+            ExtraDW(out_chs=192, start_dw_kernel=5, mid_dw_kernel=3, expand_ratio=4.0),
             _MQA_L16,
-            ConvNext(192, 3, expand_ratio=4.0),
+            ConvNext(out_chs=192, start_dw_kernel=3, expand_ratio=4.0),
         ),
         (  # 24×24 in
-            ExtraDW(512, 5, 5, expand_ratio=4.0, stride=2, repeats=4),
-            ConvNext(512, 5, expand_ratio=4.0),
-            ExtraDW(512, 5, 3, expand_ratio=4.0),
-            ConvNext(512, 5, expand_ratio=4.0, repeats=2),
-            ExtraDW(512, 5, 3, expand_ratio=4.0),
-            ExtraDW(512, 5, 5, expand_ratio=4.0),
+            ExtraDW(out_chs=512, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=4.0, stride=2, repeats=4),
+            ConvNext(out_chs=512, start_dw_kernel=5, expand_ratio=4.0),
+            ExtraDW(out_chs=512, start_dw_kernel=5, mid_dw_kernel=3, expand_ratio=4.0),
+            ConvNext(out_chs=512, start_dw_kernel=5, expand_ratio=4.0, repeats=2),
+            ExtraDW(out_chs=512, start_dw_kernel=5, mid_dw_kernel=3, expand_ratio=4.0),
+            ExtraDW(out_chs=512, start_dw_kernel=5, mid_dw_kernel=5, expand_ratio=4.0),
             _MQA_L32,
-            ConvNext(512, 5, expand_ratio=4.0),
+            ConvNext(out_chs=512, start_dw_kernel=5, expand_ratio=4.0),
             _MQA_L32,
-            ConvNext(512, 5, expand_ratio=4.0),
+            ConvNext(out_chs=512, start_dw_kernel=5, expand_ratio=4.0),
             _MQA_L32,
-            ConvNext(512, 5, expand_ratio=4.0),
+            ConvNext(out_chs=512, start_dw_kernel=5, expand_ratio=4.0),
             _MQA_L32,
-            ConvNext(512, 5, expand_ratio=4.0),
+            ConvNext(out_chs=512, start_dw_kernel=5, expand_ratio=4.0),
         ),
         _TO_960,  # 12×12 in
     ),
@@ -329,7 +339,9 @@ HYBRID_LARGE = MobileNetV4Config(  # Table 14, default input 384; GELU throughou
 
 
 # --- the model --------------------------------------------------------------------------------------------------
-def _make_block(spec: BlockSpec, in_chs: int, *, stride: int, act: str, layer_scale_init: float | None, drop_path: float) -> nn.Module:
+def _make_block(
+    spec: BlockSpec, in_chs: int, *, stride: int, act: str, layer_scale_init: float | None, drop_path: float
+) -> nn.Module:
     """Instantiate one block of the table (``stride`` already resolved for repeats)."""
     if isinstance(spec, ConvSpec):
         return ConvNormAct(in_chs, spec.out_chs, spec.kernel_size, stride=stride, act=act)
@@ -456,7 +468,9 @@ class MobileNetV4(EdgeModel):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool not in (None, "avg"):
-            raise ValueError(f"global_pool must be 'avg' (the head conv is sized for average pooling), got {global_pool!r}")
+            raise ValueError(
+                f"global_pool must be 'avg' (the head conv is sized for average pooling), got {global_pool!r}"
+            )
         self.num_classes = validate_num_classes(num_classes)
         self.classifier = classifier_or_identity(self.num_features, num_classes)
 
