@@ -88,7 +88,9 @@ def test_outputs_match_timm(name):
             assert rel_diff(ours(torch.randn_like(x)), expected) > 1e-3
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2_035", "mobilenetv3_small_050", "mobilenetv3_large_100", "mobilenetv1_100"])
+@pytest.mark.parametrize(
+    "name", ["mobilenetv2_035", "mobilenetv3_small_050", "mobilenetv3_large_100", "mobilenetv1_025"],
+)
 def test_a_wrong_weight_is_detected(name):
     """Negative control: moving one deep BN statistic must break the match."""
     ref, ours = pair(name)
@@ -178,7 +180,9 @@ def test_width_mult_rounding_matches_timm_generator(name, generator, alpha):
 
 
 @pytest.mark.parametrize("name", ["mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_small_100"])
-@pytest.mark.parametrize(("bad", "error"), [(0, ValueError), (-0.5, ValueError), ("wide", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    ("bad", "error"), [(0, ValueError), (-0.5, ValueError), ("wide", TypeError), (True, TypeError)]
+)
 def test_width_mult_errors(name, bad, error):
     with pytest.raises(error, match="width_mult"):
         edgezoo.create_model(name, width_mult=bad)
@@ -207,45 +211,47 @@ def test_resolution_multiplier_is_the_input_size():
 # --- torchvision --------------------------------------------------------------------------------------------------
 
 TORCHVISION = [
-    ("mobilenet_v2", "mobilenetv2_100", 1e-5),
-    ("mobilenet_v3_large", "mobilenetv3_large_100", 1e-3),
-    ("mobilenet_v3_small", "mobilenetv3_small_100", 1e-3),
+    ("mobilenet_v2", {}, "mobilenetv2_100", 1e-5),
+    ("mobilenet_v2", {"width_mult": 0.35}, "mobilenetv2_035", 1e-5),  # same rounding as timm's at every width
+    ("mobilenet_v3_large", {}, "mobilenetv3_large_100", 1e-3),
+    ("mobilenet_v3_small", {}, "mobilenetv3_small_100", 1e-3),
 ]
 
 
-@pytest.mark.parametrize(("tv_name", "name", "bn_eps"), TORCHVISION)
-def test_torchvision_conversion(tv_name, name, bn_eps):
+@pytest.mark.parametrize(("tv_name", "tv_kwargs", "name", "bn_eps"), TORCHVISION)
+def test_torchvision_conversion(tv_name, tv_kwargs, name, bn_eps):
     import torchvision
 
-    ref = perturb_(getattr(torchvision.models, tv_name)(weights=None)).eval()
+    ref = perturb_(getattr(torchvision.models, tv_name)(weights=None, **tv_kwargs)).eval()
     ours = edgezoo.create_model(name, bn_eps=bn_eps).eval()
     ours.load_state_dict(edgezoo.convert_state_dict(name, ref.state_dict(), source="torchvision"))
     with torch.no_grad():
         for size in ((224, 224), ODD_SIZE):
             x = torch.randn(1, 3, *size)
             assert_close(ours(x), ref(x), 1e-4, what=f"{name} from torchvision {tv_name} at {size}")
+            # torchvision's `features` ends where edgezoo's forward_features does (V2: after the 1280 conv)
+            assert_close(ours.forward_features(x), ref.features(x), 1e-4, what=f"{name} feature map at {size}")
 
 
 def test_torchvision_v3_needs_its_bn_eps():
-    """torchvision's V3 BN eps is 1e-3; trained weights have small running variances (scaled down here), where
-    building with timm's 1e-5 visibly changes the outputs and ``bn_eps=1e-3`` reproduces them."""
+    """torchvision's V3 BN eps is 1e-3; trained weights have small running variances (the stem's is scaled down
+    here), where building with timm's 1e-5 visibly changes the outputs and ``bn_eps=1e-3`` reproduces them."""
     import torchvision
 
     ref = perturb_(torchvision.models.mobilenet_v3_small(weights=None)).eval()
     with torch.no_grad():
-        for key, value in ref.state_dict().items():
-            if key.endswith("running_var"):
-                value.mul_(1e-3)
+        ref.state_dict()["features.0.1.running_var"].mul_(1e-3)
     sd = edgezoo.convert_state_dict("mobilenetv3_small_100", ref.state_dict(), source="torchvision")
     x = torch.randn(1, 3, *ODD_SIZE)
     with torch.no_grad():
-        expected = ref(x)
+        expected, expected_maps = ref(x), ref.features(x)
         wrong_eps = edgezoo.create_model("mobilenetv3_small_100").eval()
         wrong_eps.load_state_dict(sd)
-        assert rel_diff(wrong_eps(x), expected) > 1e-3
+        assert rel_diff(wrong_eps.forward_features(x), expected_maps) > 1e-3
         right_eps = edgezoo.create_model("mobilenetv3_small_100", bn_eps=1e-3).eval()
         right_eps.load_state_dict(sd)
-        assert_close(right_eps(x), expected, 1e-4, what="torchvision V3 with bn_eps=1e-3")
+        assert_close(right_eps.forward_features(x), expected_maps, 1e-4, what="torchvision V3 feature map")
+        assert_close(right_eps(x), expected, 1e-4, what="torchvision V3 logits with bn_eps=1e-3")
 
 
 def test_torchvision_converter_rejects_other_keys():

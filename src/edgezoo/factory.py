@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_state_dict_file
-from .convert import available_sources, convert_state_dict
+from .convert import available_sources, convert_state_dict, source_build_overrides
 from .layers.helpers import to_2tuple
 from .models._base import EdgeModel, validate_num_classes
 from .registry import get_entry
@@ -65,6 +65,10 @@ def load_weights(model: nn.Module, name: str, state_dict: Mapping[str, Tensor], 
     else:
         sd = convert_state_dict(name, state_dict, source=source)
     sd = _adapt(model, sd)
+    # A features-only model has no head: a full checkpoint's head weights are simply not needed.
+    removed = tuple(getattr(model, "removed_head_modules", ()))
+    if removed:
+        sd = {k: v for k, v in sd.items() if k.split(".", 1)[0] not in removed}
     own = model.state_dict()
     missing = sorted(_relevant(own.keys()) - set(sd))
     unexpected = sorted(_relevant(sd.keys()) - set(own))
@@ -114,15 +118,27 @@ def create_model(
     _validate_common(num_classes, in_chans, img_size, drop_path_rate)
     if out_indices is not None and not features_only:
         raise ValueError("out_indices is only meaningful with features_only=True")
-    model = entry.builder(
-        num_classes=num_classes,
-        in_chans=in_chans,
-        img_size=img_size,
-        drop_path_rate=float(drop_path_rate),
-        **overrides,
-    )
+
+    def build(**extra: Any) -> EdgeModel:
+        model = entry.builder(
+            num_classes=num_classes,
+            in_chans=in_chans,
+            img_size=img_size,
+            drop_path_rate=float(drop_path_rate),
+            **overrides,
+            **extra,
+        )
+        if features_only:
+            model.enable_features_only(out_indices)
+        return model
+
+    model = build()
     if checkpoint is not None:
-        load_weights(model, name, load_state_dict_file(checkpoint))
-    if features_only:
-        model.enable_features_only(out_indices)
+        state = load_state_dict_file(checkpoint)
+        state, source = match_state_dict(name, model, state)
+        # Settings the source's weights need but do not store (e.g. torchvision's BN eps); explicit overrides win.
+        needed = {k: v for k, v in source_build_overrides(name, source).items() if k not in overrides}
+        if needed:
+            model = build(**needed)
+        load_weights(model, name, state, source="edgezoo")
     return model

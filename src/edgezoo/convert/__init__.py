@@ -16,17 +16,28 @@ from ..registry import get_entry
 SOURCES = ("timm", "torchvision")
 Converter = Callable[[str, Mapping[str, Tensor]], dict[str, Tensor]]
 _CONVERTERS: dict[tuple[str, str], Converter] = {}
+# Constructor settings a source's weights were trained with that are not stored in its state dict
+# (e.g. torchvision's MobileNetV3 uses BatchNorm eps=1e-3); create_model applies them when it detects that source.
+_BUILD_OVERRIDES: dict[tuple[str, str], dict[str, object]] = {}
 
 # One module per family (or group of families); imported lazily on first use.
 _CONVERTER_MODULES = ("mobilenet", "mobilenetv4", "mobilevit", "edgenext", "vit", "mlp_mixer")
 
 
-def register_converter(family: str, source: str) -> Callable[[Converter], Converter]:
+def register_converter(
+    family: str, source: str, *, build_overrides: Mapping[str, object] | None = None
+) -> Callable[[Converter], Converter]:
+    """Register ``fn(name, state_dict) -> state_dict`` for (family, source).
+
+    ``build_overrides`` are model-constructor settings the source's weights need to reproduce its outputs.
+    """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
 
     def deco(fn: Converter) -> Converter:
         _CONVERTERS[(family, source)] = fn
+        if build_overrides:
+            _BUILD_OVERRIDES[(family, source)] = dict(build_overrides)
         return fn
 
     return deco
@@ -42,6 +53,12 @@ def available_sources(name: str) -> list[str]:
     _load_all()
     family = get_entry(name).family
     return [s for s in SOURCES if (family, s) in _CONVERTERS]
+
+
+def source_build_overrides(name: str, source: str) -> dict[str, object]:
+    """Constructor overrides needed by weights of ``source`` for model ``name`` (empty for edgezoo's own)."""
+    _load_all()
+    return dict(_BUILD_OVERRIDES.get((get_entry(name).family, source), {}))
 
 
 def convert_state_dict(name: str, state_dict: Mapping[str, Tensor], source: str = "timm") -> dict[str, Tensor]:

@@ -47,7 +47,9 @@ def _timm_block_kind(state_dict: Mapping[str, Tensor], prefix: str) -> str:
     return "separable"
 
 
-def _convert_timm(state_dict: Mapping[str, Tensor], *, separable: Mapping[str, str], head_has_bn: bool) -> dict[str, Tensor]:
+def _convert_timm(
+    state_dict: Mapping[str, Tensor], *, separable: Mapping[str, str], head_has_bn: bool
+) -> dict[str, Tensor]:
     """Rename timm MobileNet keys; keys that are not timm's pass through unchanged (strict loading reports them)."""
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
@@ -157,7 +159,7 @@ def mobilenetv2_from_torchvision(name: str, state_dict: Mapping[str, Tensor]) ->
     return out
 
 
-@register_converter("mobilenetv3", "torchvision")
+@register_converter("mobilenetv3", "torchvision", build_overrides={"bn_eps": 1e-3})
 def mobilenetv3_from_torchvision(name: str, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """torchvision ``mobilenet_v3_large`` / ``mobilenet_v3_small`` → edgezoo MobileNetV3 keys.
 

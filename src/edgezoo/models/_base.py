@@ -78,6 +78,7 @@ class EdgeModel(nn.Module):
     num_classes: int
     features_only: bool = False
     out_indices: tuple[int, ...] = ()
+    removed_head_modules: tuple[str, ...] = ()  # set by enable_features_only; their checkpoint keys are ignored
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:  # timm's newer name for the same thing
@@ -117,8 +118,10 @@ class EdgeModel(nn.Module):
         """
         full = list(self.feature_info)
         indices = resolve_out_indices(out_indices, len(full))
-        for name in self.head_modules():
+        removed = tuple(self.head_modules())
+        for name in removed:
             setattr(self, name, nn.Identity())
+        self.removed_head_modules = removed
         self.full_feature_info = full
         self.out_indices = indices
         self.feature_info = [dict(full[i]) for i in indices]

@@ -2,11 +2,13 @@
 Applications", arXiv:1704.04861).
 
 The network is a 3×3 stem followed by thirteen depthwise-separable layers (3×3 depthwise conv + 1×1 pointwise conv,
-each with BN and ReLU6), global pooling and a linear classifier. The paper's two knobs are kept as they are:
+each with BN and ReLU6 — the TF reference's choice, the paper says ReLU), global pooling and a linear classifier.
+The paper's two knobs are kept as they are:
 
 * the width multiplier α scales every layer's channels (registered as ``mobilenetv1_025`` … ``mobilenetv1_125``,
   or any α through the ``width_mult=`` override); channels are rounded to multiples of 8 like the TF reference
-  (and timm) do, which gives exactly the parameter counts of the paper's Table 6 (0.47M / 1.33M / 2.59M / 4.23M);
+  (and timm) do, which reproduces the paper's Table 6 sizes (4.2M / 2.6M / 1.3M / 0.5M parameters for
+  α = 1 / 0.75 / 0.5 / 0.25; exactly 4,231,976 / 2,585,560 / 1,331,592 / 470,072 with the 1000-class head);
 * the resolution multiplier ρ is simply the input size: the model is fully convolutional and accepts any H×W.
 
 Module names: ``stem`` (ConvNormAct), ``stages.<i>.<j>`` (``SeparableConv`` blocks), ``classifier``.
@@ -235,7 +237,7 @@ def _make_builder(name: str):
             default_cfg=_default_cfg(name, img_size),
         )
 
-    build.__name__ = name
+    build.__name__ = build.__qualname__ = name
     return build
 
 

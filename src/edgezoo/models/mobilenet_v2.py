@@ -134,6 +134,7 @@ class MobileNetV2(EdgeModel):
         dpr = _drop_path_schedule(drop_path_rate, [s.repeats for s in config.stages])
         stages: list[nn.Module] = []
         feature_info = []
+        self._feature_stages: list[int] = []  # the stage whose output is each feature level
         in_chs, reduction = stem_chs, 2
         for idx, stage in enumerate(config.stages):
             out_chs = width(stage.out_chs)
@@ -161,8 +162,8 @@ class MobileNetV2(EdgeModel):
             is_last = idx == len(config.stages) - 1
             if is_last or config.stages[idx + 1].stride > 1:
                 feature_info.append(feature_entry(out_chs, reduction, f"stages.{idx}"))
+                self._feature_stages.append(idx)
         self.stages = nn.Sequential(*stages)
-        self._feature_stages = [int(f["module"].split(".")[1]) for f in feature_info]
         self.feature_info = feature_info
 
         # The last conv keeps its full width for α < 1 (Sec. 6.1) and grows with α > 1.
@@ -237,7 +238,7 @@ def _make_builder(name: str):
             default_cfg=_default_cfg(img_size),
         )
 
-    build.__name__ = name
+    build.__name__ = build.__qualname__ = name
     return build
 
 

@@ -329,7 +329,7 @@ def _make_builder(name: str):
             default_cfg=_default_cfg(img_size),
         )
 
-    build.__name__ = name
+    build.__name__ = build.__qualname__ = name
     return build
 
 
