@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.attention import Attention
-from ..layers.drop import DropPath
+from ..layers.drop import DropPath, drop_path_rates
 from ..layers.helpers import to_2tuple
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed, check_patch_size
@@ -98,16 +98,6 @@ class EncoderBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def _linear_drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
-    """Stochastic depth rising linearly from 0 at the first block to ``drop_path_rate`` at the last.
-
-    Plain Python (not ``torch.linspace``) so that models can be built on the meta device.
-    """
-    if depth <= 1:
-        return [0.0] * depth
-    return [drop_path_rate * i / (depth - 1) for i in range(depth)]
-
-
 def _check_global_pool(global_pool: Any) -> str:
     if global_pool not in GLOBAL_POOLS:
         raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
@@ -158,7 +148,7 @@ class VisionTransformer(EdgeModel):
             ) from None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, NUM_PREFIX_TOKENS + self.grid[0] * self.grid[1], dim))
-        rates = _linear_drop_path_rates(drop_path_rate, variant.depth)
+        rates = drop_path_rates(drop_path_rate, [variant.depth])[0]  # 0 at the first block → rate at the last
         self.blocks = nn.Sequential(
             *[EncoderBlock(dim=dim, num_heads=variant.num_heads, mlp_dim=variant.mlp_dim, drop_path=r) for r in rates]
         )
