@@ -81,7 +81,7 @@ def plot(rows: list[dict], rho_pure: float, rho_cal: float, path: Path) -> None:
     meas = [r["measured_ms"] for r in rows]
     for i, (key, label, rho) in enumerate(
         (("pure_ms", "pure roofline (peak + bandwidth)", rho_pure),
-         ("calibrated_ms", "roofline + calibrated layer overhead & depthwise efficiency", rho_cal))
+         ("calibrated_ms", "roofline + calibrated overhead, depthwise efficiency, overlap", rho_cal))
     ):
         ax = fig.add_subplot(1, 2, i + 1)
         pred = [r[key] for r in rows]
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         host = get_hardware("host")
     if host.threads is not None and host.threads != args.threads:
         print(f"warning: host calibrated with {host.threads} threads, measuring with {args.threads}", file=sys.stderr)
-    pure = replace(host, name="host (pure roofline)", layer_overhead_s=0.0, depthwise_efficiency=1.0)
+    pure = replace(host, name="host (pure roofline)", layer_overhead_s=0.0, depthwise_efficiency=1.0, memory_overlap=1.0)
 
     times = measure(names, rounds=args.rounds, runs=args.runs)
     rows = []
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"host: peak {host.peak_macs_per_s / 1e9:.1f} GMAC/s, bandwidth {host.bytes_per_s / 1e9:.1f} GB/s, "
           f"ridge {host.ridge_point:.2f} MAC/B, overhead {1e6 * host.layer_overhead_s:.1f} us/layer, "
-          f"depthwise efficiency {host.depthwise_efficiency:.3f}, {args.threads} thread(s)")
+          f"depthwise efficiency {host.depthwise_efficiency:.3f}, memory overlap {host.memory_overlap:.2f}, "
+          f"{args.threads} thread(s)")
     print(f"{'model':28s} {'MACs(M)':>9s} {'layers':>6s} {'measured':>9s} {'pure':>9s} {'calib.':>9s}  (ms)")
     for r in sorted(rows, key=lambda r: r["measured_ms"]):
         print(f"{r['name']:28s} {r['macs'] / 1e6:9.1f} {r['layers']:6d} {r['measured_ms']:9.2f} "

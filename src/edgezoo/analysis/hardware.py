@@ -5,11 +5,12 @@ ratio, the ridge point in MACs per byte, separates compute-bound layers (above i
 MobileNetV4 (Qin et al., 2024, §3, Fig. 2) uses exactly this view to design one model family that is fast from
 mobile CPUs (ridge point near 0) to accelerators (ridge point in the hundreds).
 
-Two optional, *calibrated* terms extend the pure roofline for hosts where it misses (see BENCHMARKS.md):
-``layer_overhead_s``, a fixed cost per executed layer (framework dispatch, kernel launch), and
+Three optional, *calibrated* terms extend the pure roofline for hosts where it misses (see BENCHMARKS.md):
+``layer_overhead_s``, a fixed cost per executed layer (framework dispatch, kernel launch);
 ``depthwise_efficiency``, the fraction of peak MAC throughput that depthwise/grouped convolutions reach (they
-cannot use the matrix units a dense GEMM saturates). Presets leave them at the pure-roofline values (0 and 1);
-:func:`calibrate` measures them on this host.
+cannot use the matrix units a dense GEMM saturates); and ``memory_overlap``, how much of the shorter of compute and
+memory time hides behind the longer (1 = the roofline's ``max``, 0 = they add up, as in a CPU core that stalls on
+loads). Presets leave them at the pure-roofline values (0, 1, 1); :func:`calibrate` measures them on this host.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Hardware:
     dtype: str = "float32"
     layer_overhead_s: float = 0.0
     depthwise_efficiency: float = 1.0
+    memory_overlap: float = 1.0
     source: str = ""
     threads: int | None = None
 
@@ -59,6 +61,9 @@ class Hardware:
         v = self.depthwise_efficiency
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
             raise ValueError(f"depthwise_efficiency must be a number in (0, 1], got {v!r}")
+        v = self.memory_overlap
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ValueError(f"memory_overlap must be a number in [0, 1], got {v!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
 
@@ -100,9 +105,9 @@ PRESETS: dict[str, Hardware] = {
                    "channels = 51.2 GB/s (Qualcomm SD888 product brief).",
         ),
         Hardware(
-            "phone_gpu", 0.85e12, 51.2e9, dtype="float16",
-            source="Adreno 660 (Snapdragon 888): ~1.7 TFLOPS fp32 as publicly reported, i.e. ~0.85 TMAC/s; "
-                   "counted at fp16 storage; shares the SoC's LPDDR5 at 51.2 GB/s.",
+            "phone_gpu", 1.7e12, 51.2e9, dtype="float16",
+            source="Adreno 660 (Snapdragon 888): ~1.7 TFLOPS fp32 as publicly reported, twice that at fp16, i.e. "
+                   "~1.7 TMAC/s fp16; shares the SoC's LPDDR5 at 51.2 GB/s.",
         ),
         Hardware(
             "edgetpu", 2e12, 17.1e9, dtype="int8",
@@ -209,7 +214,7 @@ def _median_time(fn: Callable[[], Any], *, repeats: int, inner: int) -> float:
     return times[len(times) // 2]
 
 
-def measure_peak_macs(*, size: int = 1024, repeats: int = 5) -> float:
+def measure_peak_macs(*, size: int = 512, repeats: int = 25) -> float:
     """MAC/s of a large fp32 GEMM (``size³`` MACs), the best case for the compute units."""
     a = torch.randn(size, size)
     b = torch.randn(size, size)
@@ -218,8 +223,12 @@ def measure_peak_macs(*, size: int = 1024, repeats: int = 5) -> float:
     return size ** 3 / t
 
 
-def measure_bandwidth(*, mebibytes: int = 64, repeats: int = 5) -> float:
-    """Bytes/s of a large tensor copy (each byte read once and written once), far beyond the caches."""
+def measure_bandwidth(*, mebibytes: int = 8, repeats: int = 25) -> float:
+    """Bytes/s of a tensor copy (each byte read once and written once) of ``mebibytes``.
+
+    The default, 8 MiB, is the size of the largest activation maps of batch-1 inference at 224 px: those layers
+    stream through the last-level cache, not DRAM, so this is the bandwidth they see (measured: DRAM-sized copies
+    rank the zoo worse, see BENCHMARKS.md)."""
     n = mebibytes * 2 ** 20 // 4
     src = torch.ones(n)
     dst = torch.empty(n)
@@ -227,20 +236,60 @@ def measure_bandwidth(*, mebibytes: int = 64, repeats: int = 5) -> float:
     return 2 * n * 4 / t
 
 
-def measure_layer_overhead(*, repeats: int = 7, inner: int = 200) -> float:
-    """Seconds per call of layers doing almost no work: a 1×1 conv, a BatchNorm, a ReLU and an add on a 2×2 map.
+def _micro_layers(*, tiny: bool) -> list[tuple[torch.nn.Module, tuple[int, ...]]]:
+    """Layers of the kinds the zoo is made of (dense/pointwise convs, norms, activations, token linears).
+
+    ``tiny``: on 2×2 maps / 4 tokens, where the time is all fixed cost; otherwise at mid-network sizes, where
+    compute and memory time are both substantial.
+    """
+    nn = torch.nn
+    chs, size, tokens, dim = (8, 2, 4, 8) if tiny else (64, 28, 197, 192)
+    return [
+        (nn.Conv2d(chs, chs, 1, bias=False), (1, chs, size, size)),
+        (nn.Conv2d(chs, chs, 3, padding=1, bias=False), (1, chs, size, size)),
+        (nn.BatchNorm2d(chs), (1, chs, size, size)),
+        (nn.ReLU(), (1, chs, size, size)),
+        (nn.Hardswish(), (1, chs, size, size)),
+        (nn.LayerNorm(dim), (1, tokens, dim)),
+        (nn.Linear(dim, dim), (1, tokens, dim)),
+        (nn.GELU(), (1, tokens, dim)),
+    ]
+
+
+def measure_layer_overhead(*, repeats: int = 9, inner: int = 100) -> float:
+    """Seconds per call of layers doing almost no work (every kind of :func:`_micro_layers` on a 2×2 map).
 
     That is the fixed price of running a layer at all in eager PyTorch (Python module call, dispatch, kernel
     selection), which the pure roofline ignores and which dominates small layers on CPU.
     """
-    x = torch.randn(1, 8, 2, 2)
-    conv = torch.nn.Conv2d(8, 8, 1, bias=False).eval()
-    bn = torch.nn.BatchNorm2d(8).eval()
-    act = torch.nn.ReLU()
-    layers = (conv, bn, act, lambda t: t + x)
+    times = []
     with torch.no_grad():
-        per_call = [_median_time(lambda f=f: f(x), repeats=repeats, inner=inner) for f in layers]
-    return sum(per_call) / len(per_call)
+        for layer, shape in _micro_layers(tiny=True):
+            layer.eval()
+            x = torch.randn(shape)
+            times.append(_best_time(lambda: layer(x), repeats=repeats, inner=inner))
+    return sum(times) / len(times)
+
+
+def measure_memory_overlap(peak_macs_per_s: float, bytes_per_s: float, overhead_s: float, *,
+                           repeats: int = 9, inner: int = 10) -> float:
+    """How far compute and memory time overlap in real layers: 1 = fully (the pure roofline's max), 0 = not at
+    all (time = compute + memory). Fitted on mid-size layers as the share of ``min(compute, memory)`` that their
+    measured time does *not* hide behind ``max(compute, memory)``."""
+    from .profiler import profile
+    from .roofline import roofline
+
+    pure = Hardware("pure", peak_macs_per_s, bytes_per_s)
+    exposed = hidden = 0.0
+    with torch.no_grad():
+        for layer, shape in _micro_layers(tiny=False):
+            layer.eval()
+            x = torch.randn(shape)
+            t = _best_time(lambda: layer(x), repeats=repeats, inner=inner) - overhead_s
+            for lt in roofline(profile(layer, shape), pure).layers:
+                exposed += max(0.0, min(t - max(lt.compute_s, lt.memory_s), min(lt.compute_s, lt.memory_s)))
+                hidden += min(lt.compute_s, lt.memory_s)
+    return 1.0 - exposed / hidden if hidden else 1.0
 
 
 def measure_depthwise_efficiency(peak_macs_per_s: float, bytes_per_s: float, overhead_s: float, *,
@@ -278,11 +327,13 @@ def calibrate(*, threads: int | None = None, quick: bool = False, name: str = "h
         torch.set_num_threads(threads)
     try:
         say("peak MAC rate (GEMM)")
-        peak = measure_peak_macs(size=256 if quick else 1024, repeats=3 if quick else 7)
+        peak = measure_peak_macs(size=256 if quick else 512, repeats=3 if quick else 25)
         say("memory bandwidth (copy)")
-        bw = measure_bandwidth(mebibytes=8 if quick else 64, repeats=3 if quick else 7)
+        bw = measure_bandwidth(mebibytes=4 if quick else 8, repeats=3 if quick else 25)
         say("per-layer overhead")
-        overhead = measure_layer_overhead(repeats=3 if quick else 9, inner=20 if quick else 200)
+        overhead = measure_layer_overhead(repeats=3 if quick else 9, inner=10 if quick else 100)
+        say("compute/memory overlap")
+        overlap = measure_memory_overlap(peak, bw, overhead, repeats=2 if quick else 9, inner=2 if quick else 10)
         say("depthwise efficiency")
         dw_eff = measure_depthwise_efficiency(peak, bw, overhead, repeats=2 if quick else 7)
         used_threads = torch.get_num_threads()
@@ -292,6 +343,7 @@ def calibrate(*, threads: int | None = None, quick: bool = False, name: str = "h
         name, peak, bw,
         layer_overhead_s=overhead,
         depthwise_efficiency=max(dw_eff, 1e-3),
+        memory_overlap=overlap,
         threads=used_threads,
         source=f"measured by edgezoo calibrate on {platform.node() or 'this host'} ({platform.processor() or platform.machine()}), "
                f"torch {torch.__version__}, {used_threads} thread(s), {time.strftime('%Y-%m-%d %H:%M')}",

@@ -56,10 +56,15 @@ def plot_ridge_sweep(
     if not sweep:
         raise ValueError("sweep must hold at least one model")
     fig, ax = _figure(figsize=(8, 5))
-    for name, seconds in sweep.items():
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab20"].colors  # enough distinct colours for a zoo-sized legend
+    styles = ("-", "--", ":")
+    for i, (name, seconds) in enumerate(sweep.items()):
         if len(seconds) != len(ridge_points):
             raise ValueError(f"sweep[{name!r}] has {len(seconds)} values for {len(ridge_points)} ridge points")
-        ax.plot(list(ridge_points), [1e3 * s for s in seconds], label=name, linewidth=1.8)
+        ax.plot(list(ridge_points), [1e3 * s for s in seconds], label=name, linewidth=1.8,
+                color=colors[i % len(colors)], linestyle=styles[(i // len(colors)) % len(styles)])
     ax.set_yscale("log")
     ax.set_xlabel("ridge point (MACs per byte) = peak MAC rate / memory bandwidth")
     ax.set_ylabel("predicted latency, batch 1 (ms, log scale)")

@@ -24,7 +24,7 @@ a second; weights are swapped for meta tensors with ``torch.func.functional_call
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -484,7 +484,3 @@ def profile(
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
     return Profile(layers=tuple(prof.layers), input_shape=shape, dtype=dtype, params=params, model_name=name)
-
-
-def iter_conv_layers(p: Profile) -> Iterator[LayerCost]:
-    return (layer for layer in p.layers if layer.conv is not None)

@@ -7,8 +7,8 @@ MobileNetV4 (Qin et al., 2024, §3) models latency as
 
 and sweeps the ridge point RP = PeakMACs / PeakMemBW from 0 (memory is free: CPUs) to 500 MACs/byte (accelerators)
 to see which operations are cheap where. :func:`roofline` evaluates that for one :class:`Hardware`, adding the
-optional calibrated terms it carries (a fixed per-layer overhead and a depthwise efficiency; both neutral in the
-presets). :func:`ridge_sweep` is the paper's view: pure roofline, fixed peak, RP swept.
+optional calibrated terms it carries (a fixed per-layer overhead, a depthwise efficiency and a compute/memory
+overlap; all neutral in the presets). :func:`ridge_sweep` is the paper's view: pure roofline, fixed peak, RP swept.
 """
 from __future__ import annotations
 
@@ -33,9 +33,11 @@ class LayerTime:
     memory_s: float
     overhead_s: float
 
+    exposed_s: float = 0.0  # part of min(compute, memory) not hidden by overlap (0 in the pure roofline)
+
     @property
     def time_s(self) -> float:
-        return max(self.compute_s, self.memory_s) + self.overhead_s
+        return max(self.compute_s, self.memory_s) + self.exposed_s + self.overhead_s
 
     @property
     def bound(self) -> str:
@@ -106,14 +108,17 @@ def roofline(profile: Profile, hardware: Hardware) -> Roofline:
         rate = hardware.peak_macs_per_s
         if layer.kind in DEPTHWISE_KINDS:
             rate *= hardware.depthwise_efficiency
+        compute_s = layer.macs / rate
+        memory_s = layer.bytes / hardware.bytes_per_s
         layers.append(LayerTime(
             name=layer.name,
             kind=layer.kind,
             macs=layer.macs,
             bytes=layer.bytes,
-            compute_s=layer.macs / rate,
-            memory_s=layer.bytes / hardware.bytes_per_s,
+            compute_s=compute_s,
+            memory_s=memory_s,
             overhead_s=hardware.layer_overhead_s,
+            exposed_s=(1.0 - hardware.memory_overlap) * min(compute_s, memory_s),
         ))
     return Roofline(hardware=hardware, layers=tuple(layers), model_name=profile.model_name)
 

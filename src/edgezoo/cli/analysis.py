@@ -44,7 +44,10 @@ def _human(n: float, unit: str = "") -> str:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+        console = Console(width=160)
+    return console
 
 
 # ----------------------------------------------------------------------------------------------------------------
