@@ -254,3 +254,40 @@ def test_checkpoint_without_tensors(tmp_path):
     torch.save(torch.zeros(3), tensor_only)
     with pytest.raises(ValueError, match="state dict"):
         edgezoo.create_model(V2, checkpoint=tensor_only)
+
+
+# --- weights written by `edgezoo train` describe themselves -----------------------------------------------------
+
+def _trained_run(tmp_path, name="mobilenetv3_small_050", **model_kwargs):
+    from edgezoo.train.checkpoints import make_metadata, save_weights
+
+    model = edgezoo.create_model(name, num_classes=10, in_chans=1, img_size=64, **model_kwargs).eval()
+    perturb_(model, seed=5)
+    meta = make_metadata(model=name, classes=[str(i) for i in range(10)], img_size=64, in_chans=1,
+                         model_kwargs=model_kwargs, mean=(0.5,), std=(0.5,), crop_pct=1.0, interpolation="bilinear",
+                         weights="best", epoch=3, top1=97.0)
+    save_weights(model, tmp_path / "best.safetensors", meta)
+    return model
+
+
+def test_run_directory_fills_classes_channels_and_overrides(tmp_path):
+    ref = _trained_run(tmp_path, "vit_tiny_patch16_224", patch_size=8)
+    model = edgezoo.create_model("vit_tiny_patch16_224", checkpoint=tmp_path).eval()
+    assert model.num_classes == 10
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+
+
+def test_run_directory_explicit_arguments_win(tmp_path):
+    _trained_run(tmp_path)
+    features = edgezoo.create_model("mobilenetv3_small_050", checkpoint=tmp_path, features_only=True)
+    assert features.get_submodule(features.default_cfg["first_conv"]).in_channels == 1
+    with pytest.raises(ValueError, match="missing keys|shape"):
+        edgezoo.create_model("mobilenetv3_small_050", checkpoint=tmp_path, num_classes=5)
+
+
+def test_run_directory_for_another_model_is_refused(tmp_path):
+    _trained_run(tmp_path)
+    with pytest.raises(ValueError, match="holds model 'mobilenetv3_small_050', not 'mobilenetv2_035'"):
+        edgezoo.create_model("mobilenetv2_035", checkpoint=tmp_path)

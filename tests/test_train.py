@@ -260,7 +260,7 @@ def test_eval_json_and_confusion(smoke_run, tmp_path):
 def test_eval_on_imagefolder_and_predict(smoke_run, tmp_path):
     out, report = smoke_run
     folder = tmp_path / "digits"
-    assert edgezoo_cli("data", "digits", "--out", str(folder)).returncode == 0
+    write_digits_imagefolder(folder)  # what `edgezoo data digits --out DIR` runs
     from edgezoo.train import evaluate_checkpoint
 
     on_folder = evaluate_checkpoint(out, str(folder))
@@ -369,10 +369,22 @@ def test_torchrun_two_processes(tmp_path):
         (["predict", "/nonexistent.png", "--checkpoint", "/nonexistent/run"], "not found"),
     ],
 )
-def test_cli_user_errors_are_one_line(args, needle, tmp_path):
+def test_cli_user_errors_are_one_line(args, needle, tmp_path, capsys):
+    """In-process through ``edgezoo.cli.main`` (the console script's entry point), which must not raise."""
+    from edgezoo.cli import main
+
     if "--model" in args:
-        args = [*args, "--out", str(tmp_path / "o")]
-    r = edgezoo_cli(*args, timeout=120)
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+        args = [*args, "--out", str(tmp_path / "o"), "--no-progress"]
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own errors exit directly
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+def test_cli_error_in_a_real_process_has_no_traceback():
+    r = edgezoo_cli("train", "--model", "mobilenetv9_100", "--epochs", "1", timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "did you mean" in r.stderr

@@ -4,6 +4,7 @@ A ``.pth`` that needs arbitrary unpickling (i.e. could run code) is refused, nev
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
@@ -18,6 +19,11 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Containers used by training scripts (timm, torchvision references, Lightning, ours) around the weights.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "module")
+# Safetensors metadata written by `edgezoo train`: the weights describe their model, classes and preprocessing.
+TRAINED_FORMAT = "edgezoo-train/1"
+_TRAINED_JSON_KEYS = ("classes", "model_kwargs", "mean", "std")
+_TRAINED_INT_KEYS = ("num_classes", "img_size", "in_chans", "epoch")
+_TRAINED_FLOAT_KEYS = ("crop_pct", "top1")
 # Files a training run directory holds, in order of preference.
 RUN_DIR_WEIGHTS = ("best.safetensors", "last.safetensors")
 
@@ -125,3 +131,32 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as fh:
         return dict(fh.metadata() or {})
+
+
+def read_trained_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Parsed metadata of weights written by ``edgezoo train`` (file or run directory); ``None`` for other weights.
+
+    Holds ``model``, ``num_classes``, ``classes``, ``img_size``, ``in_chans``, ``model_kwargs`` (constructor
+    overrides), preprocessing (``mean``, ``std``, ``crop_pct``, ``interpolation``) and ``path`` (the file read).
+    """
+    p = resolve_checkpoint_path(path)
+    if p.suffix not in SAFETENSORS_SUFFIXES:
+        return None
+    try:
+        raw = read_safetensors_metadata(p)
+    except Exception as exc:  # corrupt header
+        raise ValueError(f"checkpoint {str(p)!r} is not a valid safetensors file: {exc}") from None
+    if raw.get("format") != TRAINED_FORMAT:
+        return None
+    meta: dict[str, Any] = dict(raw)
+    try:
+        for k in _TRAINED_JSON_KEYS:
+            meta[k] = json.loads(raw[k])
+        for k in _TRAINED_INT_KEYS:
+            meta[k] = int(raw[k])
+        for k in _TRAINED_FLOAT_KEYS:
+            meta[k] = float(raw[k])
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"checkpoint {str(p)!r} has damaged edgezoo training metadata: {exc}") from None
+    meta["path"] = str(p)
+    return meta

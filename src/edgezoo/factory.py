@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_state_dict_file
+from .checkpoint import load_state_dict_file, read_trained_metadata
 from .convert import available_sources, convert_state_dict, source_build_overrides
 from .layers.helpers import to_2tuple
 from .models._base import EdgeModel, validate_num_classes
@@ -98,8 +98,8 @@ def load_weights(model: nn.Module, name: str, state_dict: Mapping[str, Tensor], 
 def create_model(
     name: str,
     *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
     img_size: int | tuple[int, int] | None = None,
     drop_path_rate: float = 0.0,
     features_only: bool = False,
@@ -113,8 +113,21 @@ def create_model(
     ViT and Mixer size their position embedding / token MLP by it). ``checkpoint`` may be a ``.safetensors``,
     ``.pth``/``.pt`` file or a training run directory, in edgezoo, timm or torchvision keys (detected).
     ``overrides`` are family-specific (e.g. ``width_mult`` for MobileNet V1–V3, ``patch_size`` for ViT).
+
+    ``num_classes`` defaults to 1000 and ``in_chans`` to 3, except for weights written by ``edgezoo train``: those
+    carry their model's classes, channels, input size and overrides, which fill whatever the caller left unset.
     """
     entry = get_entry(name)
+    meta = read_trained_metadata(checkpoint) if checkpoint is not None else None
+    if meta is not None:
+        if meta["model"] != name:
+            raise ValueError(f"checkpoint {str(checkpoint)!r} holds model {meta['model']!r}, not {name!r}")
+        num_classes = meta["num_classes"] if num_classes is None else num_classes
+        in_chans = meta["in_chans"] if in_chans is None else in_chans
+        img_size = meta["img_size"] if img_size is None else img_size
+        overrides = {**meta["model_kwargs"], **overrides}
+    num_classes = 1000 if num_classes is None else num_classes
+    in_chans = 3 if in_chans is None else in_chans
     _validate_common(num_classes, in_chans, img_size, drop_path_rate)
     if out_indices is not None and not features_only:
         raise ValueError("out_indices is only meaningful with features_only=True")

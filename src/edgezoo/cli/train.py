@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ def _run_training(overrides: dict[str, Any], config_file: str | None) -> dict[st
 
 def cmd_train(args: argparse.Namespace) -> int:
     report = _run_training(_collect_overrides(args), getattr(args, "config", None))
-    if getattr(args, "json", False):
+    if getattr(args, "json", False) and os.environ.get("RANK", "0") == "0":  # one report per job, not per rank
         print(json.dumps(report))
     return 0
 

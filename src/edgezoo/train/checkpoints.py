@@ -21,13 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_state_dict_file, read_safetensors_metadata, resolve_checkpoint_path, save_safetensors
+from ..checkpoint import TRAINED_FORMAT as METADATA_FORMAT
+from ..checkpoint import read_trained_metadata as read_metadata
+from ..checkpoint import save_safetensors
 
-METADATA_FORMAT = "edgezoo-train/1"
 STATE_FILE = "state.pt"
-_JSON_KEYS = ("classes", "model_kwargs", "mean", "std")
-_INT_KEYS = ("num_classes", "img_size", "in_chans", "epoch")
-_FLOAT_KEYS = ("crop_pct", "top1")
 
 
 def make_metadata(*, model: str, classes: list[str], img_size: int, in_chans: int, model_kwargs: Mapping[str, Any],
@@ -55,34 +53,12 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, 
     save_safetensors(model.state_dict(), path, metadata=metadata)
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
-    """Parsed training metadata of a weights file or run directory; ``None`` when it has none (foreign weights)."""
-    p = resolve_checkpoint_path(path)
-    if p.suffix != ".safetensors":
-        return None
-    try:
-        raw = read_safetensors_metadata(p)
-    except Exception as exc:
-        raise ValueError(f"checkpoint {str(p)!r} is not a valid safetensors file: {exc}") from None
-    if raw.get("format") != METADATA_FORMAT:
-        return None
-    meta: dict[str, Any] = dict(raw)
-    for k in _JSON_KEYS:
-        meta[k] = json.loads(raw[k])
-    for k in _INT_KEYS:
-        meta[k] = int(raw[k])
-    for k in _FLOAT_KEYS:
-        meta[k] = float(raw[k])
-    meta["path"] = str(p)
-    return meta
-
-
 def load_trained_model(checkpoint: str | os.PathLike, *, model: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a run directory or weights file written by ``edgezoo train``; returns ``(model, meta)``.
 
     ``model`` optionally names the expected architecture (an error if the checkpoint says otherwise).
     """
-    from ..factory import create_model, load_weights
+    from ..factory import create_model
 
     meta = read_metadata(checkpoint)
     if meta is None:
@@ -92,9 +68,7 @@ def load_trained_model(checkpoint: str | os.PathLike, *, model: str | None = Non
         )
     if model is not None and model != meta["model"]:
         raise ValueError(f"checkpoint {str(checkpoint)!r} holds model {meta['model']!r}, not {model!r}")
-    net = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"],
-                       img_size=meta["img_size"], **meta["model_kwargs"])
-    load_weights(net, meta["model"], load_state_dict_file(meta["path"]), source="edgezoo")
+    net = create_model(meta["model"], checkpoint=meta["path"])  # the metadata sets classes, size and overrides
     return net.eval(), meta
 
 

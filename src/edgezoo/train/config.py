@@ -107,11 +107,16 @@ _HYBRID = FamilyRecipe(
     optimizer="adamw", lr_per_256=4e-3, weight_decay=0.05, warmup_epochs=2, grad_clip=1.0, drop_path=0.0,
     digits_img_size=64,
 )
-# Plain transformers see the digit as a grid of patches; 4-px patches of a 32-px upsample = one token per 2×2
-# source pixels (16 tokens), enough detail at a cost a CPU can train in minutes.
-_TRANSFORMER = FamilyRecipe(
-    optimizer="adamw", lr_per_256=2e-3, weight_decay=0.05, warmup_epochs=3, grad_clip=1.0, drop_path=0.0,
-    digits_img_size=32, digits_model_kwargs=(("patch_size", 8),),
+# Plain transformers see the digit as a grid of patches. A patch embedding is linear, so a patch of the upsampled
+# image carries exactly the information of the source pixels under it: at 16 px, ViT's 4-px patches give 16 tokens
+# of 2×2 source pixels; Mixer (about 3× ViT-Ti's cost per token) uses 8-px patches, 4 tokens of 4×4 source pixels.
+_VIT = FamilyRecipe(
+    optimizer="adamw", lr_per_256=4e-3, weight_decay=0.05, warmup_epochs=3, grad_clip=1.0, drop_path=0.0,
+    digits_img_size=16, digits_model_kwargs=(("patch_size", 4),),
+)
+_MIXER = FamilyRecipe(
+    optimizer="adamw", lr_per_256=4e-3, weight_decay=0.05, warmup_epochs=3, grad_clip=1.0, drop_path=0.0,
+    digits_img_size=16, digits_model_kwargs=(("patch_size", 8),),
 )
 
 # Keyed by the registry's family name. Unknown families fall back to the hybrid (AdamW) recipe.
@@ -122,9 +127,8 @@ FAMILY_RECIPES: dict[str, FamilyRecipe] = {
     "mobilenetv4": _ADAMW_CONV,
     "mobilevit": _HYBRID,
     "edgenext": _HYBRID,
-    "vit": _TRANSFORMER,
-    "mlp_mixer": _TRANSFORMER,
-    "mixer": _TRANSFORMER,
+    "vit": _VIT,
+    "mlp_mixer": _MIXER,
 }
 FALLBACK_RECIPE = _HYBRID
 
@@ -228,7 +232,7 @@ def resolve_config(cfg: TrainConfig, *, family: str, world_size: int = 1) -> Tra
         r.amp = r.device.startswith("cuda")
     if r.channels_last is None:
         # NHWC helps cuDNN convolutions; token models gain nothing from it.
-        r.channels_last = r.device.startswith("cuda") and recipe is not _TRANSFORMER
+        r.channels_last = r.device.startswith("cuda") and recipe not in (_VIT, _MIXER)
     if r.workers is None:
         r.workers = 0 if digits else min(4, max(1, (os.cpu_count() or 2) // 2))
     return validate_config(r)
