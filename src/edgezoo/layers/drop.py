@@ -29,10 +29,26 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
-def drop_path_rates(drop_path_rate: float, depths: list[int] | tuple[int, ...]) -> list[list[float]]:
-    """Linearly increasing stochastic-depth rates over all blocks, split per stage (the usual schedule)."""
+DROP_PATH_SCHEDULES = ("linspace", "block_index")
+
+
+def drop_path_rates(
+    drop_path_rate: float, depths: list[int] | tuple[int, ...], *, schedule: str = "linspace"
+) -> list[list[float]]:
+    """Linearly increasing stochastic-depth rates over all blocks, split per stage.
+
+    ``schedule="linspace"`` (the usual one, ViT/ConvNeXt-style): ``linspace(0, rate, total)``, so the last block gets
+    exactly ``drop_path_rate``. ``schedule="block_index"`` (timm's EfficientNet/MobileNet one): ``rate · i / total``
+    for block ``i``, so the last block stays below ``drop_path_rate``; plain Python, so models can also be built on
+    the ``meta`` device.
+    """
     total = sum(depths)
-    rates = torch.linspace(0, drop_path_rate, total, device="cpu").tolist() if total else []
+    if schedule == "linspace":
+        rates = torch.linspace(0, drop_path_rate, total, device="cpu").tolist() if total else []
+    elif schedule == "block_index":
+        rates = [drop_path_rate * i / total for i in range(total)]
+    else:
+        raise ValueError(f"schedule must be one of {DROP_PATH_SCHEDULES}, got {schedule!r}")
     out, start = [], 0
     for d in depths:
         out.append(rates[start : start + d])

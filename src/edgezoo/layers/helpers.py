@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
@@ -36,3 +37,25 @@ def check_width_mult(width_mult: float) -> float:
     if not width_mult > 0:
         raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
     return float(width_mult)
+
+
+def check_number(name: str, value: Any, *, low: float, high: float | None = None, open_low: bool = False) -> float:
+    """Validate a real number in ``[low, high)`` (``(low, high)`` with ``open_low``; no upper bound if ``high`` is None).
+
+    Raises ``TypeError`` for a non-number (bools included) and ``ValueError`` naming ``name``, the allowed range and
+    the value otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    ok_low = value > low if open_low else value >= low
+    if not ok_low or (high is not None and not value < high):
+        lo = f"({low}" if open_low else f"[{low}"
+        allowed = f"{lo}, {high})" if high is not None else f"{'>' if open_low else '>='} {low}"
+        raise ValueError(f"{name} must be in {allowed}, got {value!r}")
+    return float(value)
+
+
+def check_drop_rate(drop_rate: Any) -> None:
+    """Validate a classifier dropout rate: a number in [0, 1) (``ValueError`` otherwise, non-numbers included)."""
+    if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")

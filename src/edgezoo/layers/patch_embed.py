@@ -40,6 +40,15 @@ class PatchEmbed(nn.Module):
             )
         return height // p, width // p
 
+    def img_size_grid(self, img_size: tuple[int, int], *, why: str) -> tuple[int, int]:
+        """Patch grid of a model's fixed ``img_size``; the ``ValueError`` says ``why`` it must fit the patches."""
+        try:
+            return self.grid_size(*img_size)
+        except ValueError:
+            raise ValueError(
+                f"img_size {img_size[0]}x{img_size[1]} must be a multiple of patch_size {self.patch_size} ({why})"
+            ) from None
+
     def forward(self, x: Tensor) -> Tensor:
         self.grid_size(x.shape[-2], x.shape[-1])
         return self.proj(x)

@@ -7,10 +7,13 @@ state-dict keys minus its head: checkpoints move between the two without renamin
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor, nn
+
+from ..layers.helpers import check_width_mult
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -79,6 +82,7 @@ class EdgeModel(nn.Module):
     features_only: bool = False
     out_indices: tuple[int, ...] = ()
     removed_head_modules: tuple[str, ...] = ()  # set by enable_features_only; their checkpoint keys are ignored
+    default_out_indices: tuple[int, ...] | None = None  # features-only levels when none are given (None: all)
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:  # timm's newer name for the same thing
@@ -115,7 +119,10 @@ class EdgeModel(nn.Module):
         """Switch to features-only mode in place: forward returns the list of maps at ``out_indices``.
 
         The head modules are removed (replaced by ``nn.Identity``), so their weights are neither kept nor expected.
+        Without ``out_indices``, the levels are ``default_out_indices`` (all levels when that is ``None``).
         """
+        if out_indices is None:
+            out_indices = self.default_out_indices
         full = list(self.feature_info)
         indices = resolve_out_indices(out_indices, len(full))
         removed = tuple(self.head_modules())
@@ -129,6 +136,36 @@ class EdgeModel(nn.Module):
         return self
 
 
+def forward_stages(
+    x: Tensor,
+    stages: Iterable[Callable[[Tensor], Tensor]],
+    wanted: Collection[int],
+    *,
+    stem: Callable[[Tensor], Tensor] | None = None,
+    output: Callable[[Tensor], Tensor] | None = None,
+) -> list[Tensor]:
+    """The ``forward_intermediates`` loop: run ``stem`` then ``stages`` in order, keeping the output of every stage
+    index in ``wanted`` (``-1``: the stem's output), in network order, passed through ``output`` if given.
+
+    Stops after the deepest wanted stage; with nothing wanted it runs nothing (not even the stem).
+    """
+    out: list[Tensor] = []
+    if not wanted:
+        return out
+    last = max(wanted)
+    if stem is not None:
+        x = stem(x)
+        if -1 in wanted:
+            out.append(x if output is None else output(x))
+    for idx, stage in enumerate(stages):
+        if idx > last:
+            break
+        x = stage(x)
+        if idx in wanted:
+            out.append(x if output is None else output(x))
+    return out
+
+
 def validate_num_classes(num_classes: int) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be an int >= 0 (0 = pooled features), got {num_classes!r}")
@@ -138,3 +175,51 @@ def validate_num_classes(num_classes: int) -> int:
 def classifier_or_identity(in_features: int, num_classes: int) -> nn.Module:
     """A linear classifier, or identity when ``num_classes == 0`` (the model then returns pooled features)."""
     return nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def check_avg_pool(global_pool: str | None, *, why: str) -> None:
+    """``reset_classifier``'s ``global_pool`` for models that only average-pool: ``None`` or ``"avg"``."""
+    if global_pool not in (None, "avg"):
+        raise ValueError(f"global_pool must be 'avg' ({why}), got {global_pool!r}")
+
+
+def width_mult_builder(
+    name: str,
+    *,
+    model_cls: Callable[..., EdgeModel],
+    config: Any,
+    default_cfg: Callable[[int | tuple[int, int] | None], dict[str, Any]],
+    doc: str,
+    uses_drop_path: bool = True,
+) -> Callable[..., EdgeModel]:
+    """The registered builder of a width-multiplier CNN (MobileNet V1–V3): ``model_cls(config, ...)`` where the
+    ``width_mult=`` override replaces the variant's α (a frozen dataclass field) and ``img_size`` only sets
+    ``default_cfg(img_size)``. Without ``uses_drop_path`` the model takes no ``drop_path_rate`` (it is accepted and
+    ignored, as timm does for networks without residual branches).
+    """
+
+    def build(
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        img_size: int | tuple[int, int] | None = None,
+        drop_path_rate: float = 0.0,
+        width_mult: float | None = None,
+        drop_rate: float = 0.0,
+        bn_eps: float = 1e-5,
+    ) -> EdgeModel:
+        cfg = config if width_mult is None else replace(config, width_mult=check_width_mult(width_mult))
+        extra = {"drop_path_rate": drop_path_rate} if uses_drop_path else {}
+        return model_cls(
+            cfg,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
+            bn_eps=bn_eps,
+            default_cfg=default_cfg(img_size),
+            **extra,
+        )
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc.replace("{name}", name)
+    return build

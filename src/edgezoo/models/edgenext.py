@@ -24,10 +24,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates, to_2tuple
+from ..layers import DropPath, LayerNorm2d, Mlp, check_drop_rate, drop_path_rates, to_2tuple
 from ..layers.xca import CrossCovarianceAttention
 from ..registry import register_model
-from ._base import EdgeModel, classifier_or_identity, feature_entry, make_default_cfg, validate_num_classes
+from ._base import (
+    EdgeModel,
+    classifier_or_identity,
+    feature_entry,
+    forward_stages,
+    make_default_cfg,
+    validate_num_classes,
+)
 
 # All EdgeNeXt norms are LayerNorms with this epsilon (the reference implementation's choice).
 NORM_EPS = 1e-6
@@ -335,8 +342,7 @@ class EdgeNeXt(EdgeModel):
         if not isinstance(variant, EdgeNeXtVariant):
             raise TypeError(f"variant must be an EdgeNeXtVariant, got {type(variant).__name__}")
         validate_num_classes(num_classes)
-        if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
+        check_drop_rate(drop_rate)
         self.variant = variant
         self.num_classes = num_classes
         dims = [s.dim for s in variant.stages]
@@ -401,19 +407,10 @@ class EdgeNeXt(EdgeModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         info = getattr(self, "full_feature_info", self.feature_info)
-        wanted = sorted(set(indices))
-        if not wanted:
-            return []
-        self._check_input(x, info[wanted[-1]]["reduction"])
-        x = self.stem(x)
-        out: list[Tensor] = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in wanted:
-                out.append(x)
-            if i == wanted[-1]:
-                break
-        return out
+        wanted = set(indices)
+        if wanted:
+            self._check_input(x, info[max(wanted)]["reduction"])
+        return forward_stages(x, self.stages, wanted, stem=self.stem)
 
     def head_modules(self) -> list[str]:
         return ["head"]

@@ -36,8 +36,8 @@ from ._base import (
     EdgeModel,
     classifier_or_identity,
     feature_entry,
+    forward_stages,
     make_default_cfg,
-    resolve_out_indices,
     validate_num_classes,
 )
 
@@ -116,6 +116,9 @@ def mixer_default_cfg(variant: MixerVariant, img_size: tuple[int, int] | None = 
 class MlpMixer(EdgeModel):
     """MLP-Mixer classifier; ``forward_features`` gives the normalised patch tokens ``(B, S, C)``."""
 
+    # features-only mode without out_indices: the last three blocks (timm's default)
+    default_out_indices = tuple(range(-DEFAULT_FEATURE_LEVELS, 0))
+
     def __init__(
         self,
         *,
@@ -133,13 +136,7 @@ class MlpMixer(EdgeModel):
 
         # The paper's "per-patch fully-connected layer".
         self.stem = PatchEmbed(in_chans=in_chans, embed_dim=dim, patch_size=patch)
-        try:
-            self.grid = self.stem.grid_size(*self.img_size)
-        except ValueError:
-            raise ValueError(
-                f"img_size {self.img_size[0]}x{self.img_size[1]} must be a multiple of patch_size {patch} "
-                "(the token-mixing MLP is built for that patch grid)"
-            ) from None
+        self.grid = self.stem.img_size_grid(self.img_size, why="the token-mixing MLP is built for that patch grid")
         num_tokens = self.grid[0] * self.grid[1]
         self.blocks = nn.Sequential(
             *[
@@ -202,28 +199,16 @@ class MlpMixer(EdgeModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         """Outputs of the chosen blocks as NCHW maps ``(B, C, H/P, W/P)`` (no final norm)."""
-        wanted = set(indices)
         tokens = self._tokens(x)
         gh, gw = self.grid
-        maps: list[Tensor] = []
-        last = max(wanted, default=-1)
-        for i, block in enumerate(self.blocks):
-            if i > last:
-                break
-            tokens = block(tokens)
-            if i in wanted:
-                maps.append(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw))
-        return maps
+
+        def to_map(tokens: Tensor) -> Tensor:
+            return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
+
+        return forward_stages(tokens, self.blocks, set(indices), output=to_map)
 
     def head_modules(self) -> list[str]:
         return ["norm", "head"]
-
-    def enable_features_only(self, out_indices: Sequence[int] | None = None) -> "MlpMixer":
-        """Features-only mode; without ``out_indices`` the last three blocks (timm's default)."""
-        if out_indices is None:
-            out_indices = tuple(range(-DEFAULT_FEATURE_LEVELS, 0))
-        resolve_out_indices(out_indices, len(self.feature_info))
-        return super().enable_features_only(out_indices)
 
 
 def _create_mixer(

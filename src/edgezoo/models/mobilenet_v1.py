@@ -16,16 +16,28 @@ Module names: ``stem`` (ConvNormAct), ``stages.<i>.<j>`` (``SeparableConv`` bloc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..layers.conv import ConvNormAct
-from ..layers.helpers import check_width_mult, make_divisible, to_2tuple
+from ..layers.helpers import check_drop_rate, check_width_mult, make_divisible, to_2tuple
 from ..registry import register_model
-from ._base import INCEPTION_MEAN, INCEPTION_STD, EdgeModel, classifier_or_identity, feature_entry, make_default_cfg
+from ._base import (
+    INCEPTION_MEAN,
+    INCEPTION_STD,
+    EdgeModel,
+    check_avg_pool,
+    classifier_or_identity,
+    feature_entry,
+    forward_stages,
+    make_default_cfg,
+    validate_num_classes,
+    width_mult_builder,
+)
 
 FAMILY = "mobilenetv1"
 # The channel rounding unit of the TF reference implementation (and of timm).
@@ -119,8 +131,7 @@ class MobileNetV1(EdgeModel):
     ) -> None:
         super().__init__()
         alpha = check_width_mult(config.width_mult)
-        if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
+        check_drop_rate(drop_rate)
         if isinstance(bn_eps, bool) or not isinstance(bn_eps, (int, float)) or not bn_eps > 0:
             raise ValueError(f"bn_eps must be a positive number, got {bn_eps!r}")
         self.config = config
@@ -168,27 +179,13 @@ class MobileNetV1(EdgeModel):
         return self.classifier(self.head_drop(x))
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"global_pool must be 'avg' (the only pooling MobileNetV1 uses), got {global_pool!r}")
-        self.num_classes = num_classes
+        self.num_classes = validate_num_classes(num_classes)
+        check_avg_pool(global_pool, why="the only pooling MobileNetV1 uses")
         self.classifier = classifier_or_identity(self.num_features, num_classes)
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         # Feature level i is the output of stage i (see feature_info); stop after the deepest requested level.
-        wanted = sorted(set(indices))
-        out: list[Tensor] = []
-        if not wanted:
-            return out
-        x = self.stem(x)
-        for idx, stage in enumerate(self.stages):
-            x = stage(x)
-            if idx in wanted:
-                out.append(x)
-            if idx >= wanted[-1]:
-                break
-        return out
+        return forward_stages(x, self.stages, set(indices), stem=self.stem)
 
     def head_modules(self) -> list[str]:
         return ["head_drop", "classifier"]
@@ -209,43 +206,25 @@ def _default_cfg(name: str, img_size: int | tuple[int, int] | None) -> dict[str,
     )
 
 
-def _make_builder(name: str):
-    config = VARIANTS[name]
+_BUILD_DOC = """Build ``{name}``. ``width_mult`` replaces the variant's α.
 
-    def build(
-        *,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        img_size: int | tuple[int, int] | None = None,
-        drop_path_rate: float = 0.0,
-        width_mult: float | None = None,
-        drop_rate: float = 0.0,
-        bn_eps: float = 1e-5,
-    ) -> MobileNetV1:
-        """Build ``name``. ``width_mult`` replaces the variant's α.
-
-        ``drop_path_rate`` is accepted for API uniformity (as timm does) but has no effect: MobileNetV1 has no
-        residual branches to drop.
-        """
-        cfg = config if width_mult is None else replace(config, width_mult=check_width_mult(width_mult))
-        return MobileNetV1(
-            cfg,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            drop_rate=drop_rate,
-            bn_eps=bn_eps,
-            default_cfg=_default_cfg(name, img_size),
-        )
-
-    build.__name__ = build.__qualname__ = name
-    return build
+``drop_path_rate`` is accepted for API uniformity (as timm does) but has no effect: MobileNetV1 has no
+residual branches to drop.
+"""
 
 
 for _name in VARIANTS:
     register_model(
         _name,
         family=FAMILY,
-        builder=_make_builder(_name),
+        builder=width_mult_builder(
+            _name,
+            model_cls=MobileNetV1,
+            config=VARIANTS[_name],
+            default_cfg=partial(_default_cfg, _name),
+            doc=_BUILD_DOC,
+            uses_drop_path=False,
+        ),
         default_cfg=_default_cfg(_name, None),
         imagenet_top1=PAPER_TOP1[_name],
     )

@@ -15,17 +15,27 @@ Module names: ``stem``, ``stages.<i>.<j>`` (:class:`~edgezoo.layers.InvertedResi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..layers.conv import ConvNormAct
-from ..layers.helpers import check_width_mult, make_divisible, to_2tuple
+from ..layers.drop import drop_path_rates
+from ..layers.helpers import check_number, check_width_mult, make_divisible, to_2tuple
 from ..layers.inverted_residual import InvertedResidual
 from ..registry import register_model
-from ._base import EdgeModel, classifier_or_identity, feature_entry, make_default_cfg
+from ._base import (
+    EdgeModel,
+    check_avg_pool,
+    classifier_or_identity,
+    feature_entry,
+    forward_stages,
+    make_default_cfg,
+    validate_num_classes,
+    width_mult_builder,
+)
 
 FAMILY = "mobilenetv2"
 CHANNEL_DIVISOR = 8
@@ -82,27 +92,6 @@ PAPER_TOP1: dict[str, float] = {
 }
 
 
-def _check_number(name: str, value: Any, *, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not value >= low or (high is not None and not value < high):
-        allowed = f"[{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {allowed}, got {value!r}")
-    return float(value)
-
-
-def _drop_path_schedule(drop_path_rate: float, depths: list[int]) -> list[list[float]]:
-    """Stochastic-depth rate per block, growing linearly with the block index (``rate · i / total``, timm's
-    EfficientNet schedule). Plain Python, so models can also be built on the ``meta`` device."""
-    total = sum(depths)
-    rates = [drop_path_rate * i / total for i in range(total)]
-    out, start = [], 0
-    for depth in depths:
-        out.append(rates[start : start + depth])
-        start += depth
-    return out
-
-
 class MobileNetV2(EdgeModel):
     """MobileNetV2 classifier / backbone built from a :class:`MobileNetV2Config`."""
 
@@ -119,8 +108,8 @@ class MobileNetV2(EdgeModel):
     ) -> None:
         super().__init__()
         alpha = check_width_mult(config.width_mult)
-        drop_rate = _check_number("drop_rate", drop_rate, low=0.0, high=1.0)
-        if not _check_number("bn_eps", bn_eps, low=0.0) > 0:
+        drop_rate = check_number("drop_rate", drop_rate, low=0.0, high=1.0)
+        if not check_number("bn_eps", bn_eps, low=0.0) > 0:
             raise ValueError(f"bn_eps must be > 0, got {bn_eps!r}")
         self.config = config
         self.num_classes = num_classes
@@ -131,7 +120,8 @@ class MobileNetV2(EdgeModel):
         stem_chs = width(config.stem_chs)
         self.stem = ConvNormAct(in_chans, stem_chs, 3, stride=2, act=config.act, bn_eps=bn_eps)
 
-        dpr = _drop_path_schedule(drop_path_rate, [s.repeats for s in config.stages])
+        # timm's EfficientNet schedule (rate · i / total), which its MobileNetV2 weights were trained with
+        dpr = drop_path_rates(drop_path_rate, [s.repeats for s in config.stages], schedule="block_index")
         stages: list[nn.Module] = []
         feature_info = []
         self._feature_stages: list[int] = []  # the stage whose output is each feature level
@@ -183,26 +173,13 @@ class MobileNetV2(EdgeModel):
         return self.classifier(self.head_drop(x))
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"global_pool must be 'avg' (the only pooling MobileNetV2 uses), got {global_pool!r}")
-        self.num_classes = num_classes
+        self.num_classes = validate_num_classes(num_classes)
+        check_avg_pool(global_pool, why="the only pooling MobileNetV2 uses")
         self.classifier = classifier_or_identity(self.num_features, num_classes)
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         wanted = {self._feature_stages[i] for i in indices}
-        out: list[Tensor] = []
-        if not wanted:
-            return out
-        x = self.stem(x)
-        for idx, stage in enumerate(self.stages):
-            x = stage(x)
-            if idx in wanted:
-                out.append(x)
-            if idx >= max(wanted):
-                break
-        return out
+        return forward_stages(x, self.stages, wanted, stem=self.stem)
 
     def head_modules(self) -> list[str]:
         return ["conv_head", "head_drop", "classifier"]
@@ -213,40 +190,16 @@ def _default_cfg(img_size: int | tuple[int, int] | None) -> dict[str, Any]:
     return make_default_cfg(input_size=(3, h, w), first_conv="stem.conv", classifier="classifier")
 
 
-def _make_builder(name: str):
-    config = VARIANTS[name]
-
-    def build(
-        *,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        img_size: int | tuple[int, int] | None = None,
-        drop_path_rate: float = 0.0,
-        width_mult: float | None = None,
-        drop_rate: float = 0.0,
-        bn_eps: float = 1e-5,
-    ) -> MobileNetV2:
-        """Build ``name``; ``width_mult`` replaces the variant's α, ``bn_eps`` the BatchNorm epsilon."""
-        cfg = config if width_mult is None else replace(config, width_mult=check_width_mult(width_mult))
-        return MobileNetV2(
-            cfg,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            drop_rate=drop_rate,
-            drop_path_rate=drop_path_rate,
-            bn_eps=bn_eps,
-            default_cfg=_default_cfg(img_size),
-        )
-
-    build.__name__ = build.__qualname__ = name
-    return build
+_BUILD_DOC = """Build ``{name}``; ``width_mult`` replaces the variant's α, ``bn_eps`` the BatchNorm epsilon."""
 
 
 for _name in VARIANTS:
     register_model(
         _name,
         family=FAMILY,
-        builder=_make_builder(_name),
+        builder=width_mult_builder(
+            _name, model_cls=MobileNetV2, config=VARIANTS[_name], default_cfg=_default_cfg, doc=_BUILD_DOC
+        ),
         default_cfg=_default_cfg(None),
         imagenet_top1=PAPER_TOP1[_name],
     )

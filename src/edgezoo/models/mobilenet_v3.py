@@ -24,11 +24,21 @@ from torch import Tensor, nn
 
 from ..layers.activations import get_act
 from ..layers.conv import ConvNormAct
-from ..layers.helpers import check_width_mult, make_divisible, to_2tuple
+from ..layers.drop import drop_path_rates
+from ..layers.helpers import check_number, check_width_mult, make_divisible, to_2tuple
 from ..layers.inverted_residual import InvertedResidual
 from ..layers.squeeze_excite import SqueezeExcite
 from ..registry import register_model
-from ._base import EdgeModel, classifier_or_identity, feature_entry, make_default_cfg
+from ._base import (
+    EdgeModel,
+    check_avg_pool,
+    classifier_or_identity,
+    feature_entry,
+    forward_stages,
+    make_default_cfg,
+    validate_num_classes,
+    width_mult_builder,
+)
 
 FAMILY = "mobilenetv3"
 CHANNEL_DIVISOR = 8
@@ -142,32 +152,9 @@ PAPER_TOP1: dict[str, float | None] = {
 }
 
 
-def _check_number(name: str, value: Any, *, low: float, high: float | None = None, open_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    ok_low = value > low if open_low else value >= low
-    if not ok_low or (high is not None and not value < high):
-        lo = f"({low}" if open_low else f"[{low}"
-        allowed = f"{lo}, {high})" if high is not None else f"{'>' if open_low else '>='} {low}"
-        raise ValueError(f"{name} must be in {allowed}, got {value!r}")
-    return float(value)
-
-
 def _squeeze_excite(chs: int) -> nn.Module:
     """MobileNetV3's SE: reduce to ``make_divisible(chs / 4)``, ReLU, expand, hard-sigmoid gate."""
     return SqueezeExcite(chs, make_divisible(chs * SE_RATIO, CHANNEL_DIVISOR), act="relu", gate="hard_sigmoid")
-
-
-def _drop_path_schedule(drop_path_rate: float, depths: list[int]) -> list[list[float]]:
-    """Stochastic-depth rate per block, growing linearly with the block index (``rate · i / total``, timm's
-    EfficientNet schedule). Plain Python, so models can also be built on the ``meta`` device."""
-    total = sum(depths)
-    rates = [drop_path_rate * i / total for i in range(total)]
-    out, start = [], 0
-    for depth in depths:
-        out.append(rates[start : start + depth])
-        start += depth
-    return out
 
 
 class MobileNetV3(EdgeModel):
@@ -191,8 +178,8 @@ class MobileNetV3(EdgeModel):
     ) -> None:
         super().__init__()
         alpha = check_width_mult(config.width_mult)
-        drop_rate = _check_number("drop_rate", drop_rate, low=0.0, high=1.0)
-        bn_eps = _check_number("bn_eps", bn_eps, low=0.0, open_low=True)
+        drop_rate = check_number("drop_rate", drop_rate, low=0.0, high=1.0)
+        bn_eps = check_number("bn_eps", bn_eps, low=0.0, open_low=True)
         self.config = config
         self.num_classes = num_classes
 
@@ -210,7 +197,8 @@ class MobileNetV3(EdgeModel):
             points.append(-1)
             feature_info.append(feature_entry(stem_chs, reduction, "stem"))
 
-        dpr = _drop_path_schedule(drop_path_rate, [len(s) for s in config.stages])
+        # timm's EfficientNet schedule (rate · i / total), which its MobileNetV3 weights were trained with
+        dpr = drop_path_rates(drop_path_rate, [len(s) for s in config.stages], schedule="block_index")
         stages: list[nn.Module] = []
         in_chs = stem_chs
         for idx, rows in enumerate(config.stages):
@@ -268,28 +256,13 @@ class MobileNetV3(EdgeModel):
         return self.classifier(self.head_drop(x))
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"global_pool must be 'avg' (the only pooling MobileNetV3 uses), got {global_pool!r}")
-        self.num_classes = num_classes
+        self.num_classes = validate_num_classes(num_classes)
+        check_avg_pool(global_pool, why="the only pooling MobileNetV3 uses")
         self.classifier = classifier_or_identity(self.num_features, num_classes)
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         wanted = {self._feature_points[i] for i in indices}
-        out: list[Tensor] = []
-        if not wanted:
-            return out
-        x = self.stem(x)
-        if -1 in wanted:
-            out.append(x)
-        for idx, stage in enumerate(self.stages):
-            if idx > max(wanted):
-                break
-            x = stage(x)
-            if idx in wanted:
-                out.append(x)
-        return out
+        return forward_stages(x, self.stages, wanted, stem=self.stem)
 
     def head_modules(self) -> list[str]:
         return ["conv_head", "head_act", "head_drop", "classifier"]
@@ -300,44 +273,20 @@ def _default_cfg(img_size: int | tuple[int, int] | None) -> dict[str, Any]:
     return make_default_cfg(input_size=(3, h, w), first_conv="stem.conv", classifier="classifier")
 
 
-def _make_builder(name: str):
-    config = VARIANTS[name]
+_BUILD_DOC = """Build ``{name}``; ``width_mult`` replaces the variant's α.
 
-    def build(
-        *,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        img_size: int | tuple[int, int] | None = None,
-        drop_path_rate: float = 0.0,
-        width_mult: float | None = None,
-        drop_rate: float = 0.0,
-        bn_eps: float = 1e-5,
-    ) -> MobileNetV3:
-        """Build ``name``; ``width_mult`` replaces the variant's α.
-
-        ``bn_eps`` sets the BatchNorm epsilon: 1e-5 for timm's weights (the default), 1e-3 for torchvision's, e.g.
-        ``create_model("mobilenetv3_large_100", bn_eps=1e-3, checkpoint="mobilenet_v3_large.pth")``.
-        """
-        cfg = config if width_mult is None else replace(config, width_mult=check_width_mult(width_mult))
-        return MobileNetV3(
-            cfg,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            drop_rate=drop_rate,
-            drop_path_rate=drop_path_rate,
-            bn_eps=bn_eps,
-            default_cfg=_default_cfg(img_size),
-        )
-
-    build.__name__ = build.__qualname__ = name
-    return build
+``bn_eps`` sets the BatchNorm epsilon: 1e-5 for timm's weights (the default), 1e-3 for torchvision's, e.g.
+``create_model("mobilenetv3_large_100", bn_eps=1e-3, checkpoint="mobilenet_v3_large.pth")``.
+"""
 
 
 for _name in VARIANTS:
     register_model(
         _name,
         family=FAMILY,
-        builder=_make_builder(_name),
+        builder=width_mult_builder(
+            _name, model_cls=MobileNetV3, config=VARIANTS[_name], default_cfg=_default_cfg, doc=_BUILD_DOC
+        ),
         default_cfg=_default_cfg(None),
         imagenet_top1=PAPER_TOP1[_name],
     )

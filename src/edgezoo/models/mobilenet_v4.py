@@ -28,10 +28,20 @@ from typing import Any, Union
 from torch import Tensor, nn
 
 from ..layers.conv import ConvNormAct
+from ..layers.drop import drop_path_rates
+from ..layers.helpers import check_drop_rate
 from ..layers.mobile_mqa import MobileMQABlock
 from ..layers.uib import FusedInvertedBottleneck, UniversalInvertedBottleneck
 from ..registry import register_model
-from ._base import EdgeModel, classifier_or_identity, feature_entry, make_default_cfg, validate_num_classes
+from ._base import (
+    EdgeModel,
+    check_avg_pool,
+    classifier_or_identity,
+    feature_entry,
+    forward_stages,
+    make_default_cfg,
+    validate_num_classes,
+)
 
 FAMILY = "mobilenetv4"
 
@@ -386,8 +396,7 @@ class MobileNetV4(EdgeModel):
     ) -> None:
         super().__init__()
         validate_num_classes(num_classes)
-        if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
+        check_drop_rate(drop_rate)
         self.config = config
         self.default_cfg = dict(default_cfg)
         self.num_classes = num_classes
@@ -403,8 +412,9 @@ class MobileNetV4(EdgeModel):
             self._level_stages.append(-1)
 
         # stochastic depth grows linearly with the block index over the whole network (0 for the first block)
-        total_blocks = sum(spec.repeats for stage in config.stages for spec in stage)
-        block_idx = 0
+        dpr = drop_path_rates(
+            drop_path_rate, [sum(spec.repeats for spec in stage) for stage in config.stages], schedule="block_index"
+        )
         chs = config.stem_chs
         stages: list[nn.Module] = []
         for stage_idx, stage in enumerate(config.stages):
@@ -415,12 +425,11 @@ class MobileNetV4(EdgeModel):
                     blocks.append(
                         _make_block(
                             spec, chs, stride=stride, act=act, layer_scale_init=config.layer_scale_init,
-                            drop_path=drop_path_rate * block_idx / total_blocks,
+                            drop_path=dpr[stage_idx][len(blocks)],
                         )
                     )
                     reduction *= stride
                     chs = spec.out_chs
-                    block_idx += 1
             stages.append(nn.Sequential(*blocks))
             is_last = stage_idx == len(config.stages) - 1
             if is_last or stage_strides[stage_idx + 1] > 1:
@@ -467,10 +476,7 @@ class MobileNetV4(EdgeModel):
         return x if pre_logits else self.classifier(x)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "avg"):
-            raise ValueError(
-                f"global_pool must be 'avg' (the head conv is sized for average pooling), got {global_pool!r}"
-            )
+        check_avg_pool(global_pool, why="the head conv is sized for average pooling")
         self.num_classes = validate_num_classes(num_classes)
         self.classifier = classifier_or_identity(self.num_features, num_classes)
 
@@ -481,18 +487,7 @@ class MobileNetV4(EdgeModel):
             if not 0 <= i < len(levels):
                 raise ValueError(f"indices entries must be in [0, {len(levels) - 1}], got {i!r}")
         stages_wanted = {self._level_stages[i] for i in wanted}
-        last_stage = max(stages_wanted, default=-1)
-        out: list[Tensor] = []
-        x = self.conv_stem(x)
-        if -1 in stages_wanted:
-            out.append(x)
-        for stage_idx, stage in enumerate(self.blocks):
-            if stage_idx > last_stage:
-                break  # later stages are not needed: stop early
-            x = stage(x)
-            if stage_idx in stages_wanted:
-                out.append(x)
-        return out
+        return forward_stages(x, self.blocks, stages_wanted, stem=self.conv_stem)
 
     def head_modules(self) -> list[str]:
         return ["conv_head", "classifier"]

@@ -26,9 +26,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import Attention, ConvNormAct, DropPath, InvertedResidual, Mlp, drop_path_rates, make_divisible, to_2tuple
+from ..layers import (
+    Attention,
+    ConvNormAct,
+    DropPath,
+    InvertedResidual,
+    Mlp,
+    check_drop_rate,
+    drop_path_rates,
+    make_divisible,
+    to_2tuple,
+)
 from ..registry import register_model
-from ._base import EdgeModel, classifier_or_identity, feature_entry, make_default_cfg, validate_num_classes
+from ._base import (
+    EdgeModel,
+    classifier_or_identity,
+    feature_entry,
+    forward_stages,
+    make_default_cfg,
+    validate_num_classes,
+)
 
 FAMILY = "mobilevit"
 
@@ -251,8 +268,7 @@ class MobileViT(EdgeModel):
     ) -> None:
         super().__init__()
         validate_num_classes(num_classes)
-        if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
+        check_drop_rate(drop_rate)
         self.variant = variant
         self.num_classes = num_classes
         act = variant.act
@@ -336,21 +352,10 @@ class MobileViT(EdgeModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self._check_input(x)
-        wanted = sorted(set(indices))
-        if not wanted:
-            return []
-        last_level = len(self.stages) - 1
-        out = []
-        x = self.stem(x)
-        for level, stage in enumerate(self.stages):
-            x = stage(x)
-            if level == last_level:
-                x = self.final_conv(x)
-            if level in wanted:
-                out.append(x)
-            if level >= wanted[-1]:
-                break
-        return out
+        # level i is the output of stage i, except the last: the final 1×1 conv's output at the same stride
+        *body, last = self.stages
+        levels = [*body, lambda t: self.final_conv(last(t))]
+        return forward_stages(x, levels, set(indices), stem=self.stem)
 
     def head_modules(self) -> list[str]:
         return ["head_drop", "classifier"]

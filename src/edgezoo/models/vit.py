@@ -38,8 +38,8 @@ from ._base import (
     EdgeModel,
     classifier_or_identity,
     feature_entry,
+    forward_stages,
     make_default_cfg,
-    resolve_out_indices,
     validate_num_classes,
 )
 
@@ -121,6 +121,9 @@ def vit_default_cfg(variant: ViTVariant, img_size: tuple[int, int] | None = None
 class VisionTransformer(EdgeModel):
     """ViT classifier; ``forward_features`` gives the normalised tokens ``(B, 1 + N, D)``, class token first."""
 
+    # features-only mode without out_indices: the last three blocks (timm's default for ViT)
+    default_out_indices = tuple(range(-DEFAULT_FEATURE_LEVELS, 0))
+
     def __init__(
         self,
         *,
@@ -139,13 +142,9 @@ class VisionTransformer(EdgeModel):
         dim = self.num_features = variant.embed_dim
 
         self.patch_embed = PatchEmbed(in_chans=in_chans, embed_dim=dim, patch_size=patch)
-        try:
-            self.grid = self.patch_embed.grid_size(*self.img_size)
-        except ValueError:
-            raise ValueError(
-                f"img_size {self.img_size[0]}x{self.img_size[1]} must be a multiple of patch_size {patch} "
-                "(the position embedding is learned per patch of that grid)"
-            ) from None
+        self.grid = self.patch_embed.img_size_grid(
+            self.img_size, why="the position embedding is learned per patch of that grid"
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, NUM_PREFIX_TOKENS + self.grid[0] * self.grid[1], dim))
         rates = drop_path_rates(drop_path_rate, [variant.depth])[0]  # 0 at the first block → rate at the last
@@ -230,28 +229,16 @@ class VisionTransformer(EdgeModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         """Outputs of the chosen blocks as NCHW maps ``(B, D, H/P, W/P)`` (class token dropped, no final norm)."""
-        wanted = set(indices)
         tokens, (gh, gw) = self._embed(x)
-        maps: list[Tensor] = []
-        last = max(wanted, default=-1)
-        for i, block in enumerate(self.blocks):
-            if i > last:
-                break
-            tokens = block(tokens)
-            if i in wanted:
-                grid_tokens = tokens[:, NUM_PREFIX_TOKENS:]  # (B, gh·gw, D)
-                maps.append(grid_tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw))
-        return maps
+
+        def to_map(tokens: Tensor) -> Tensor:
+            grid_tokens = tokens[:, NUM_PREFIX_TOKENS:]  # (B, gh·gw, D)
+            return grid_tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
+
+        return forward_stages(tokens, self.blocks, set(indices), output=to_map)
 
     def head_modules(self) -> list[str]:
         return ["norm", "fc_norm", "head"]
-
-    def enable_features_only(self, out_indices: Sequence[int] | None = None) -> "VisionTransformer":
-        """Features-only mode; without ``out_indices`` the last three blocks (timm's default for ViT)."""
-        if out_indices is None:
-            out_indices = tuple(range(-DEFAULT_FEATURE_LEVELS, 0))
-        resolve_out_indices(out_indices, len(self.feature_info))  # validate before changing anything
-        return super().enable_features_only(out_indices)
 
 
 def _create_vit(
