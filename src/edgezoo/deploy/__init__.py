@@ -5,6 +5,7 @@ ONNX Runtime and OpenVINO are optional (``pip install 'edgezoo[export]'``) and i
 from .export import FORMATS, ExportResult, export_model
 from .fuse import ChannelAffine, FuseReport, fold_bn, fuse, remaining_batchnorms
 from .optimize import BACKENDS, OptimizedModel, available_backends, optimize
+from .quantize import QuantizedModel, digits_tensors, quantize_int8
 
 __all__ = [
     "BACKENDS",
@@ -13,10 +14,13 @@ __all__ = [
     "ExportResult",
     "FuseReport",
     "OptimizedModel",
+    "QuantizedModel",
     "available_backends",
+    "digits_tensors",
     "export_model",
     "fold_bn",
     "fuse",
     "optimize",
+    "quantize_int8",
     "remaining_batchnorms",
 ]

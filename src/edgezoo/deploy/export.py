@@ -109,14 +109,14 @@ def ort_session(model_bytes_or_path: bytes | str | os.PathLike, *, threads: int 
 def _check_writable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise IsADirectoryError(f"--out {str(path)!r} is a directory; give a file path")
+        raise IsADirectoryError(f"output path {str(path)!r} is a directory; give a file path")
     if not parent.exists():
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise PermissionError(f"cannot create the folder for --out {str(path)!r}: {exc.strerror}") from None
+            raise PermissionError(f"cannot create the folder for {str(path)!r}: {exc.strerror}") from None
     if not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write --out {str(path)!r}: folder {str(parent)!r} is not writable")
+        raise PermissionError(f"cannot write {str(path)!r}: folder {str(parent)!r} is not writable")
 
 
 def export_model(
@@ -145,6 +145,8 @@ def export_model(
     from ..checkpoint import atomic_write_bytes
 
     model = model.eval()
+    # Tracing at batch 1 would let the exporters specialize the batch to the constant 1; trace at batch 2.
+    trace_input = torch.cat([example_input, example_input]) if dynamic_batch and example_input.shape[0] == 1 else example_input
     inputs = [example_input]
     if dynamic_batch and format != "torchscript":
         inputs.append(torch.cat([example_input, torch.randn_like(example_input)]))
@@ -152,7 +154,7 @@ def export_model(
         expected = [model(x) for x in inputs]
 
     if format == "onnx":
-        data = onnx_bytes(model, example_input, dynamic_batch=dynamic_batch, opset=opset, dynamo=dynamo)
+        data = onnx_bytes(model, trace_input, dynamic_batch=dynamic_batch, opset=opset, dynamo=dynamo)
         atomic_write_bytes(path, data)
         if not check:
             return ExportResult(path, format, None, None)
@@ -175,7 +177,7 @@ def export_model(
     else:
         shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
         with _quiet(), torch.no_grad():
-            prog = torch.export.export(model, (example_input,), dynamic_shapes=shapes)
+            prog = torch.export.export(model, (trace_input,), dynamic_shapes=shapes)
             buf = io.BytesIO()
             torch.export.save(prog, buf)
         atomic_write_bytes(path, buf.getvalue())

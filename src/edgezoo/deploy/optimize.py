@@ -52,16 +52,27 @@ def _has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 15) -> dict[str, float]:
-    """Median milliseconds per call of each runner, timed round-robin so that noise is shared fairly."""
+def time_interleaved(
+    runners: dict[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 15, gap_s: float = 0.0
+) -> dict[str, float]:
+    """Median milliseconds per call of each runner, timed round-robin so that noise is shared fairly.
+
+    The order rotates every round, so no runner always follows the same neighbour: engines whose worker threads
+    keep spinning after a call (OpenMP, ONNX Runtime, OpenVINO) would otherwise always slow down the same next
+    runner. ``gap_s`` sleeps between calls to let such threads go idle.
+    """
+    keys = list(runners)
     for _ in range(warmup):
         for fn in runners.values():
             fn()
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(repeats):
-        for key, fn in runners.items():
+    samples: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(repeats):
+        shift = r % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            if gap_s:
+                time.sleep(gap_s)
             start = time.perf_counter()
-            fn()
+            runners[key]()
             samples[key].append((time.perf_counter() - start) * 1e3)
     return {k: statistics.median(v) for k, v in samples.items()}
 

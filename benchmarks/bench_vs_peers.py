@@ -1,0 +1,165 @@
+"""Side-by-side CPU latency: edgezoo vs timm, and edgezoo.deploy.optimize() vs ONNX Runtime / OpenVINO on timm.
+
+One model per family, batch 1, fp32, one process; all five contenders are timed interleaved (one call of each in
+turn, rotating the order every round, 20 ms apart so one engine's spinning threads do not tax the next) so that
+load from other processes on a shared machine hits them alike; we report medians and ratios of medians.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_vs_peers.py --threads 2 --repeats 40 --out benchmarks/results
+
+Contenders:
+  ez_eager   edgezoo model, PyTorch eager (no folding), inference_mode
+  timm_eager timm model of the same name with the same weights, PyTorch eager
+  ez_opt     edgezoo.deploy.optimize(model, x) — backend chosen by measurement
+  timm_ort   timm model exported to ONNX (opset 17), ONNX Runtime CPU, all graph optimizations, same threads
+  timm_ov    the same ONNX file in OpenVINO CPU, LATENCY hint, fp32, same threads
+
+Needs timm (``pip install 'edgezoo[dev]'``), onnxruntime and openvino (``'edgezoo[export]'``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import edgezoo
+from edgezoo.bench import device_description, timm_twin
+from edgezoo.deploy import optimize
+from edgezoo.deploy.export import onnx_bytes, ort_session
+from edgezoo.deploy.optimize import time_interleaved
+from edgezoo.registry import get_entry
+
+# One representative per family (the ones the issue measured first).
+DEFAULT_MODELS = (
+    "mobilenetv1_100",
+    "mobilenetv2_100",
+    "mobilenetv3_large_100",
+    "mobilenetv4_conv_small",
+    "mobilenetv4_hybrid_medium",
+    "mobilevit_xxs",
+    "edgenext_xx_small",
+    "vit_tiny_patch16_224",
+    "mixer_s32_224",
+)
+HYBRID_OR_TRANSFORMER = {"mobilevit", "edgenext", "vit", "mlp_mixer"}
+
+
+def _perturb(model: torch.nn.Module) -> None:
+    """Off-init weights (non-trivial BN stats, layer scales) so nothing is accidentally a no-op."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+            else:
+                t.add_(torch.randn(t.shape, generator=gen) * 0.02)
+
+
+def _peer_runners(timm_model: torch.nn.Module, x: torch.Tensor, threads: int):
+    import openvino as ov
+
+    data = onnx_bytes(timm_model, x)
+    sess = ort_session(data, threads=threads)
+    name = sess.get_inputs()[0].name
+    xn = x.numpy()
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "timm.onnx")
+        Path(path).write_bytes(data)
+        compiled = core.compile_model(
+            core.read_model(path), "CPU",
+            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"},
+        )
+    req = compiled.create_infer_request()
+    return (lambda: sess.run(None, {name: xn})), (lambda: req.infer({0: xn}, share_inputs=True))
+
+
+def run(models, threads: int, repeats: int) -> list[dict]:
+    torch.set_num_threads(threads)
+    rows = []
+    for name in models:
+        entry = get_entry(name)
+        size = entry.default_cfg["input_size"][1]
+        model = edgezoo.create_model(name).eval()
+        _perturb(model)
+        ref = timm_twin(name, model, size).eval()
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        t0 = time.perf_counter()
+        engine = optimize(model, x, repeats=max(10, repeats // 2))
+        build_s = time.perf_counter() - t0
+        ort_run, ov_run = _peer_runners(ref, x, threads)
+        with torch.inference_mode():
+            d = float((engine(x) - model(x)).abs().max() / model(x).abs().max())
+            t = time_interleaved(
+                {
+                    "ez_eager": lambda: model(x),
+                    "timm_eager": lambda: ref(x),
+                    "ez_opt": lambda: engine(x),
+                    "timm_ort": ort_run,
+                    "timm_ov": ov_run,
+                },
+                warmup=5,
+                repeats=repeats,
+                gap_s=0.02,  # let spinning worker threads of the previous engine go idle
+            )
+        best_peer = min(t["timm_ort"], t["timm_ov"])
+        row = dict(
+            model=name,
+            family=entry.family,
+            img=size,
+            **{k: round(v, 2) for k, v in t.items()},
+            eager_ratio=round(t["ez_eager"] / t["timm_eager"], 3),
+            opt_backend=engine.backend,
+            opt_ratio=round(t["ez_opt"] / best_peer, 3),
+            target=0.8 if entry.family in HYBRID_OR_TRANSFORMER or "hybrid" in entry.name else 1.0,
+            opt_rel_diff=d,
+            opt_candidates_ms={k: round(v, 2) for k, v in engine.timings_ms.items()},
+            opt_build_s=round(build_s, 1),
+        )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| model | img | edgezoo eager | timm eager | eager ratio | optimize() (engine) | timm→ORT | timm→OpenVINO "
+            "| optimize ÷ best peer | target |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        ok = "✓" if r["opt_ratio"] <= r["target"] else "✗"
+        lines.append(
+            f"| {r['model']} | {r['img']} | {r['ez_eager']:.1f} | {r['timm_eager']:.1f} | {r['eager_ratio']:.2f}× "
+            f"| {r['ez_opt']:.1f} ({r['opt_backend']}) | {r['timm_ort']:.1f} | {r['timm_ov']:.1f} "
+            f"| {r['opt_ratio']:.2f}× | ≤{r['target']}× {ok} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="*", default=list(DEFAULT_MODELS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=40)
+    p.add_argument("--out", default=None, help="folder for results.json and table.md")
+    args = p.parse_args(argv)
+    print(f"# {device_description()}; load average {os.getloadavg()}", file=sys.stderr)
+    rows = run(args.models, args.threads, args.repeats)
+    table = markdown(rows)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"device": device_description(), "rows": rows}, indent=2))
+        (out / "table.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,231 @@
+"""Inference latency measurement: medians over repeated runs after warm-up, throughput and ratios.
+
+Timings on a shared machine are noisy, so whenever two things are compared (a backend against eager PyTorch, or
+edgezoo against timm) they are timed **interleaved** — one call of each in turn — and summarized by medians; the
+ratio of medians is the number to trust, not either absolute time.
+
+``compare="timm"`` builds timm's model of the same name (timm is a test/benchmark oracle and never a dependency:
+it is imported at run time only, when asked for) and loads edgezoo's weights into it through the converter
+mapping in reverse, so both compute the same function.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .deploy.optimize import time_interleaved
+from .factory import create_model
+from .registry import get_entry
+
+BENCH_BACKENDS = ("eager", "fused", "compile", "onnxruntime", "openvino", "int8", "auto")
+COMPARE_WITH = ("timm",)
+
+
+@dataclass
+class BenchRow:
+    """One model × backend × batch measurement. ``ratio_*`` < 1 means this row is faster than the reference."""
+
+    model: str
+    backend: str
+    engine: str
+    batch: int
+    img_size: int
+    median_ms: float
+    throughput: float  # images per second
+    eager_ms: float
+    ratio_vs_eager: float
+    timm_ms: float | None
+    ratio_vs_timm: float | None
+    gmacs: float
+    imagenet_top1: float | None
+    threads: int
+
+
+def device_description() -> str:
+    """CPU model and the thread count torch uses, e.g. ``'AMD EPYC (2 cores), torch threads 2'``."""
+    cpu = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} logical cores), torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def count_gmacs(model: nn.Module, x: Tensor) -> float:
+    """Multiply-accumulates (GMACs) of one forward at ``x``: FLOPs counted by torch / 2."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def timm_twin(name: str, model: nn.Module, img_size: int) -> nn.Module:
+    """timm's model ``name`` computing the same function as edgezoo's ``model`` (weights copied across)."""
+    try:
+        timm = importlib.import_module("timm")
+    except ImportError:
+        raise ImportError("--compare timm needs timm; install it with: pip install 'edgezoo[dev]'") from None
+    kwargs = {"num_classes": model.num_classes}
+    if get_entry(name).family in ("vit", "mlp_mixer"):
+        kwargs["img_size"] = img_size
+    ref = timm.create_model(name, pretrained=False, **kwargs).eval()
+    from .convert import convert_state_dict
+
+    # Copy our weights across by converting timm's own keys (each tagged by its index) to find the key pairs.
+    # Speed does not depend on the values, so if a converter reshapes tensors and the probe fails, timm keeps
+    # its own initialisation.
+    ref_sd = ref.state_dict()
+    keys = list(ref_sd)
+    try:
+        probe = {k: torch.full((1,), float(i)) for i, k in enumerate(keys)}
+        mapped = convert_state_dict(name, probe, source="timm")
+        ours = model.state_dict()
+        new_sd = {}
+        for ez_key, tag in mapped.items():
+            if tag.numel() != 1 or ez_key not in ours:
+                continue
+            key = keys[int(tag.item())]
+            if ours[ez_key].numel() == ref_sd[key].numel():
+                new_sd[key] = ours[ez_key].reshape(ref_sd[key].shape)
+        ref.load_state_dict(new_sd, strict=False)
+    except Exception:  # noqa: BLE001 - weights are irrelevant to timing
+        pass
+    return ref
+
+
+def _engine(backend: str, model: nn.Module, x: Tensor) -> tuple[Callable[[Tensor], Tensor], str]:
+    """(callable, name of the engine that runs it) for one bench backend."""
+    from . import deploy
+
+    if backend == "eager":
+        return (lambda t: model(t)), "eager"
+    if backend == "fused":
+        fused = deploy.fuse(model)
+        return (lambda t: fused(t)), "fused"
+    if backend == "int8":
+        gen = torch.Generator().manual_seed(0)
+        calib = torch.randn((16, *x.shape[1:]), generator=gen)  # timing only: ranges do not change the speed
+        q = deploy.quantize.quantize_int8(model, calib)
+        return q, f"int8/{q.backend}"
+    opt = deploy.optimize(model, x, backend=backend)
+    return opt, opt.backend
+
+
+def benchmark(
+    names: Sequence[str],
+    *,
+    batches: Sequence[int] = (1,),
+    img_size: int | None = None,
+    backend: str = "eager",
+    compare: str | None = None,
+    warmup: int = 5,
+    repeats: int = 20,
+    on_row: Callable[[BenchRow], None] | None = None,
+) -> list[BenchRow]:
+    """Time each model at each batch size with ``backend`` (interleaved with eager PyTorch and, if asked, timm)."""
+    if backend not in BENCH_BACKENDS:
+        raise ValueError(f"backend must be one of {list(BENCH_BACKENDS)}, got {backend!r}")
+    if compare is not None and compare not in COMPARE_WITH:
+        raise ValueError(f"compare must be one of {list(COMPARE_WITH)}, got {compare!r}")
+    if not names:
+        raise ValueError("give at least one model name")
+    for b in batches:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(f"batch sizes must be ints >= 1, got {b!r}")
+    for n in names:
+        get_entry(n)  # unknown names fail before any work
+    rows: list[BenchRow] = []
+    for name in names:
+        entry = get_entry(name)
+        size = int(img_size or entry.default_cfg["input_size"][1])
+        kwargs = {"img_size": size} if entry.family in ("vit", "mlp_mixer") else {}
+        model = create_model(name, **kwargs).eval()
+        ref = timm_twin(name, model, size) if compare == "timm" else None
+        for batch in batches:
+            x = torch.randn(batch, 3, size, size)
+            with torch.inference_mode():
+                engine, engine_name = _engine(backend, model, x)
+                runners = {"ours": lambda: engine(x)}
+                if backend != "eager":
+                    runners["eager"] = lambda: model(x)
+                if ref is not None:
+                    runners["timm"] = lambda: ref(x)
+                t = time_interleaved(runners, warmup=warmup, repeats=repeats)
+            eager_ms = t.get("eager", t["ours"])
+            timm_ms = t.get("timm")
+            row = BenchRow(
+                model=name,
+                backend=backend,
+                engine=engine_name,
+                batch=batch,
+                img_size=size,
+                median_ms=t["ours"],
+                throughput=batch / t["ours"] * 1e3,
+                eager_ms=eager_ms,
+                ratio_vs_eager=t["ours"] / eager_ms,
+                timm_ms=timm_ms,
+                ratio_vs_timm=t["ours"] / timm_ms if timm_ms else None,
+                gmacs=count_gmacs(model, x[:1]),
+                imagenet_top1=entry.imagenet_top1,
+                threads=torch.get_num_threads(),
+            )
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+def rows_as_dicts(rows: Sequence[BenchRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def pareto_plot(rows: Sequence[BenchRow], path: str | os.PathLike) -> None:
+    """Latency (batch-1 rows, else the smallest batch) against GMACs and, where known, ImageNet top-1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    smallest = min(r.batch for r in rows)
+    pts = [r for r in rows if r.batch == smallest]
+    with_acc = [r for r in pts if r.imagenet_top1 is not None]
+    fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=(12 if with_acc else 6, 4.5), squeeze=False)
+    ax = axes[0][0]
+    ax.scatter([r.gmacs for r in pts], [r.median_ms for r in pts])
+    for r in pts:
+        ax.annotate(r.model, (r.gmacs, r.median_ms), fontsize=7)
+    ax.set_xlabel("GMACs per image")
+    ax.set_ylabel(f"median latency, batch {smallest} (ms)")
+    ax.set_title(f"latency vs compute ({pts[0].backend})")
+    if with_acc:
+        ax = axes[0][1]
+        ax.scatter([r.median_ms for r in with_acc], [r.imagenet_top1 for r in with_acc])
+        for r in with_acc:
+            ax.annotate(r.model, (r.median_ms, r.imagenet_top1), fontsize=7)
+        # Pareto front: no other model is both faster and more accurate.
+        front = sorted(with_acc, key=lambda r: r.median_ms)
+        best, line = -1.0, []
+        for r in front:
+            if r.imagenet_top1 > best:
+                best = r.imagenet_top1
+                line.append(r)
+        ax.plot([r.median_ms for r in line], [r.imagenet_top1 for r in line], "r--", label="Pareto front")
+        ax.set_xlabel(f"median latency, batch {smallest} (ms)")
+        ax.set_ylabel("ImageNet-1k top-1 (%) of reference weights")
+        ax.legend()
+        ax.set_title("accuracy vs latency")
+    fig.suptitle(device_description(), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
