@@ -1,10 +1,11 @@
 """Side-by-side CPU latency: edgezoo vs timm, and edgezoo.deploy.optimize() vs ONNX Runtime / OpenVINO on timm.
 
-One model per family, batch 1, fp32, one process; all five contenders are timed interleaved (one call of each in
-turn, rotating the order every round, 20 ms apart so one engine's spinning threads do not tax the next) so that
-load from other processes on a shared machine hits them alike; we report medians and ratios of medians.
+One model per family, batch 1, fp32, one process; all five contenders are timed interleaved: every round gives each
+one a turn of ``--block`` back-to-back calls (its steady state, as a deployed model runs; single alternating calls
+would charge one engine's still-spinning worker threads to the next), the order rotating every round, so that load
+from other processes hits them alike. Per contender: median over rounds of each turn's median call; ratios of those.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_vs_peers.py --threads 2 --repeats 40 --out benchmarks/results
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_vs_peers.py --threads 2 --repeats 15 --block 10 --out benchmarks/results
 
 Contenders:
   ez_eager   edgezoo model, PyTorch eager (no folding), inference_mode
@@ -81,7 +82,7 @@ def _peer_runners(timm_model: torch.nn.Module, x: torch.Tensor, threads: int):
     return (lambda: sess.run(None, {name: xn})), (lambda: req.infer({0: xn}, share_inputs=True))
 
 
-def run(models, threads: int, repeats: int) -> list[dict]:
+def run(models, threads: int, repeats: int, block: int) -> list[dict]:
     torch.set_num_threads(threads)
     rows = []
     for name in models:
@@ -92,7 +93,7 @@ def run(models, threads: int, repeats: int) -> list[dict]:
         ref = timm_twin(name, model, size).eval()
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         t0 = time.perf_counter()
-        engine = optimize(model, x, repeats=max(10, repeats // 2))
+        engine = optimize(model, x)
         build_s = time.perf_counter() - t0
         ort_run, ov_run = _peer_runners(ref, x, threads)
         with torch.inference_mode():
@@ -107,7 +108,7 @@ def run(models, threads: int, repeats: int) -> list[dict]:
                 },
                 warmup=5,
                 repeats=repeats,
-                gap_s=0.02,  # let spinning worker threads of the previous engine go idle
+                block=block,
             )
         best_peer = min(t["timm_ort"], t["timm_ov"])
         row = dict(
@@ -116,7 +117,7 @@ def run(models, threads: int, repeats: int) -> list[dict]:
             img=size,
             **{k: round(v, 2) for k, v in t.items()},
             eager_ratio=round(t["ez_eager"] / t["timm_eager"], 3),
-            opt_backend=engine.backend,
+            opt_backend=engine.variant,
             opt_ratio=round(t["ez_opt"] / best_peer, 3),
             target=0.8 if entry.family in HYBRID_OR_TRANSFORMER or "hybrid" in entry.name else 1.0,
             opt_rel_diff=d,
@@ -146,11 +147,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", default=list(DEFAULT_MODELS))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=15, help="round-robin rounds")
+    p.add_argument("--block", type=int, default=10, help="back-to-back calls per contender per round")
     p.add_argument("--out", default=None, help="folder for results.json and table.md")
     args = p.parse_args(argv)
     print(f"# {device_description()}; load average {os.getloadavg()}", file=sys.stderr)
-    rows = run(args.models, args.threads, args.repeats)
+    rows = run(args.models, args.threads, args.repeats, args.block)
     table = markdown(rows)
     print(table)
     if args.out:

@@ -165,9 +165,10 @@ def test_optimize_auto_picks_a_measured_backend(name):
     model = small_model(name)
     x = _x()
     engine = optimize(model, x, repeats=3)
-    assert engine.backend in engine.timings_ms or len(engine.timings_ms) == 0
+    assert engine.variant.split("/")[0] == engine.backend
+    assert engine.variant in engine.timings_ms or len(engine.timings_ms) == 0
     if engine.timings_ms:
-        assert engine.timings_ms[engine.backend] == min(engine.timings_ms.values())
+        assert engine.timings_ms[engine.variant] == min(engine.timings_ms.values())
     with torch.no_grad():
         assert rel_diff(engine(x), model(x)) <= 1e-3
 
@@ -175,6 +176,21 @@ def test_optimize_auto_picks_a_measured_backend(name):
 def test_optimize_bad_backend():
     with pytest.raises(ValueError, match="backend"):
         optimize(nn.Conv2d(3, 3, 1), _x(), backend="tensorrt")
+
+
+def test_time_interleaved_counts_calls_and_takes_medians():
+    from edgezoo.deploy.optimize import time_interleaved
+
+    calls = {"a": 0, "b": 0}
+
+    def bump(key):
+        calls[key] += 1
+
+    t = time_interleaved({"a": lambda: bump("a"), "b": lambda: bump("b")}, warmup=2, repeats=3, block=4)
+    assert calls == {"a": 2 + 3 * 4, "b": 2 + 3 * 4}
+    assert set(t) == {"a", "b"} and all(v >= 0 for v in t.values())
+    with pytest.raises(ValueError, match="block"):
+        time_interleaved({"a": lambda: None}, block=0)
 
 
 # --- int8 ----------------------------------------------------------------------------------------------------------

@@ -104,6 +104,9 @@ def timm_twin(name: str, model: nn.Module, img_size: int) -> nn.Module:
     return ref
 
 
+BLOCK = 5  # back-to-back calls per turn when timing
+
+
 def _engine(backend: str, model: nn.Module, x: Tensor) -> tuple[Callable[[Tensor], Tensor], str]:
     """(callable, name of the engine that runs it) for one bench backend."""
     from . import deploy
@@ -119,7 +122,7 @@ def _engine(backend: str, model: nn.Module, x: Tensor) -> tuple[Callable[[Tensor
         q = deploy.quantize.quantize_int8(model, calib)
         return q, f"int8/{q.backend}"
     opt = deploy.optimize(model, x, backend=backend)
-    return opt, opt.backend
+    return opt, opt.variant
 
 
 def benchmark(
@@ -133,7 +136,11 @@ def benchmark(
     repeats: int = 20,
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
-    """Time each model at each batch size with ``backend`` (interleaved with eager PyTorch and, if asked, timm)."""
+    """Time each model at each batch size with ``backend`` (interleaved with eager PyTorch and, if asked, timm).
+
+    ``repeats`` timed calls per runner are made in round-robin turns of up to :data:`BLOCK` back-to-back calls
+    (steady state, see :func:`edgezoo.deploy.optimize.time_interleaved`); the reported latency is the median.
+    """
     if backend not in BENCH_BACKENDS:
         raise ValueError(f"backend must be one of {list(BENCH_BACKENDS)}, got {backend!r}")
     if compare is not None and compare not in COMPARE_WITH:
@@ -161,7 +168,8 @@ def benchmark(
                     runners["eager"] = lambda: model(x)
                 if ref is not None:
                     runners["timm"] = lambda: ref(x)
-                t = time_interleaved(runners, warmup=warmup, repeats=repeats)
+                block = min(BLOCK, repeats)
+                t = time_interleaved(runners, warmup=warmup, repeats=max(1, repeats // block), block=block)
             eager_ms = t.get("eager", t["ours"])
             timm_ms = t.get("timm")
             row = BenchRow(

@@ -45,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         sys.stderr.write(f"edgezoo: error: {msg}\n")
         return EXIT_USAGE
+    except OSError as exc:  # e.g. a read-only or full disk, an existing path where a folder must go
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        sys.stderr.write(f"edgezoo: error: {exc.strerror or exc}{where}\n")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("edgezoo: interrupted\n")
         return 130

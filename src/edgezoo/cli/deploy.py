@@ -127,7 +127,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UserError(f"cannot write --plot {args.plot!r}: folder {str(plot_dir)!r} is missing or not writable")
     if not args.json:
         print(f"device: {device_description()}; median of {args.repeats} runs after {args.warmup} warm-up runs, "
-              "interleaved with the reference", file=sys.stderr)
+              "in interleaved turns of back-to-back calls with the reference", file=sys.stderr)
     try:
         rows = benchmark(args.names, batches=args.batch, img_size=args.img_size, backend=args.backend,
                          compare=args.compare, warmup=args.warmup, repeats=args.repeats)

@@ -11,7 +11,8 @@ Candidates:
 * ``compile``     — ``torch.compile`` (Inductor, weights frozen as constants); slow to build (tens of seconds),
                     so ``auto`` tries it only when asked (``candidates=``);
 * ``onnxruntime`` — ONNX Runtime CPU with every graph optimization;
-* ``openvino``    — OpenVINO CPU plugin, latency hint, fp32 precision forced (it may otherwise pick bf16).
+* ``openvino``    — OpenVINO CPU plugin, latency hint, fp32 precision forced (it may otherwise pick bf16), with and
+                    without its worker threads pinned to cores (both measured).
 
 Engines other than eager are compiled for one input shape; a call with a new shape builds (and caches) the
 engine for that shape, so the returned callable works at any batch and resolution the model supports.
@@ -34,6 +35,7 @@ from .fuse import fuse
 BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
 AUTO_CANDIDATES = ("eager", "onnxruntime", "openvino")
 PARITY_TOL = 1e-3
+PINNED_OPENVINO = "openvino/pinned"  # OpenVINO with ENABLE_CPU_PINNING, tried alongside the default configuration
 Runner = Callable[[Tensor], Tensor]
 
 
@@ -53,14 +55,24 @@ def _has_conv(model: nn.Module) -> bool:
 
 
 def time_interleaved(
-    runners: dict[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 15, gap_s: float = 0.0
+    runners: dict[str, Callable[[], object]],
+    *,
+    warmup: int = 3,
+    repeats: int = 15,
+    block: int = 1,
+    gap_s: float = 0.0,
 ) -> dict[str, float]:
     """Median milliseconds per call of each runner, timed round-robin so that noise is shared fairly.
 
-    The order rotates every round, so no runner always follows the same neighbour: engines whose worker threads
-    keep spinning after a call (OpenMP, ONNX Runtime, OpenVINO) would otherwise always slow down the same next
-    runner. ``gap_s`` sleeps between calls to let such threads go idle.
+    Each round gives every runner one turn of ``block`` back-to-back calls and records the median call of that
+    turn; the result is the median over ``repeats`` rounds. Back-to-back calls measure each engine in its steady
+    state, as a deployed model runs: engines whose worker threads keep spinning after a call (OpenMP, ONNX
+    Runtime, OpenVINO) tax whatever runs next on a small machine, so single interleaved calls would charge one
+    engine's spinning to its neighbour. Round-robin turns (the order rotates every round) keep load from other
+    processes hitting all runners alike. ``gap_s`` sleeps before each turn.
     """
+    if block < 1 or repeats < 1:
+        raise ValueError(f"block and repeats must be >= 1, got block={block!r}, repeats={repeats!r}")
     keys = list(runners)
     for _ in range(warmup):
         for fn in runners.values():
@@ -71,9 +83,13 @@ def time_interleaved(
         for key in keys[shift:] + keys[:shift]:
             if gap_s:
                 time.sleep(gap_s)
-            start = time.perf_counter()
-            runners[key]()
-            samples[key].append((time.perf_counter() - start) * 1e3)
+            fn = runners[key]
+            turn = []
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                turn.append((time.perf_counter() - start) * 1e3)
+            samples[key].append(statistics.median(turn))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -116,7 +132,7 @@ def _ort_runner(model: nn.Module, example: Tensor, threads: int) -> Runner:
     return run
 
 
-def _openvino_runner(model: nn.Module, example: Tensor, threads: int) -> Runner:
+def _openvino_runner(model: nn.Module, example: Tensor, threads: int, pinned: bool = False) -> Runner:
     ov = require("openvino")
     core = ov.Core()
     with tempfile.TemporaryDirectory(prefix="edgezoo-ov-") as tmp:
@@ -131,6 +147,9 @@ def _openvino_runner(model: nn.Module, example: Tensor, threads: int) -> Runner:
                 "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_PRECISION_HINT": "f32",  # the contract is fp32 outputs, not whatever the CPU likes
                 "INFERENCE_NUM_THREADS": int(threads),
+                # Pinning keeps OpenVINO's workers on their cores between calls; on small machines it is often
+                # worth 5-30 % at batch 1, but it fights other thread pools in the process, so auto measures it.
+                "ENABLE_CPU_PINNING": bool(pinned),
             },
         )
     request = compiled.create_infer_request()
@@ -146,8 +165,8 @@ def _openvino_runner(model: nn.Module, example: Tensor, threads: int) -> Runner:
 class OptimizedModel:
     """Callable inference engine returned by :func:`optimize`: ``logits = engine(images)``.
 
-    ``backend`` is the engine in use; ``timings_ms`` the measured median latency of every candidate tried at the
-    example input; ``max_rel_diff`` the difference to eager PyTorch at the example input (relative to the output
+    ``backend`` is the engine in use and ``variant`` its configuration (``"openvino/pinned"``: worker threads
+    pinned to cores); ``timings_ms`` the measured median latency of every candidate tried at the example input; ``max_rel_diff`` the difference to eager PyTorch at the example input (relative to the output
     scale). A call with an input shape not seen before builds the engine for that shape first.
     """
 
@@ -155,12 +174,14 @@ class OptimizedModel:
     timings_ms: dict[str, float]
     max_rel_diff: float
     threads: int
+    variant: str  # the key of ``timings_ms`` that won: the backend, or e.g. "openvino/pinned"
     _model: nn.Module = field(repr=False)
     _runners: dict[tuple[int, ...], Runner] = field(repr=False, default_factory=dict)
     _channels_last: bool = field(repr=False, default=False)
+    _pinned: bool = field(repr=False, default=False)
 
     def _build(self, example: Tensor) -> Runner:
-        return _build_runner(self.backend, self._model, example, self.threads, self._channels_last)
+        return _build_runner(self.backend, self._model, example, self.threads, self._channels_last, self._pinned)
 
     def __call__(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
@@ -172,7 +193,9 @@ class OptimizedModel:
         return runner(x)
 
 
-def _build_runner(backend: str, model: nn.Module, example: Tensor, threads: int, channels_last: bool) -> Runner:
+def _build_runner(
+    backend: str, model: nn.Module, example: Tensor, threads: int, channels_last: bool, pinned: bool = False
+) -> Runner:
     if backend == "eager":
         return _eager_runner(model, channels_last)
     if backend == "compile":
@@ -180,7 +203,7 @@ def _build_runner(backend: str, model: nn.Module, example: Tensor, threads: int,
     if backend == "onnxruntime":
         return _ort_runner(model, example, threads)
     if backend == "openvino":
-        return _openvino_runner(model, example, threads)
+        return _openvino_runner(model, example, threads, pinned)
     raise ValueError(f"backend must be one of {['auto', *BACKENDS]}, got {backend!r}")
 
 
@@ -191,7 +214,8 @@ def optimize(
     *,
     candidates: Sequence[str] | None = None,
     threads: int | None = None,
-    repeats: int = 15,
+    repeats: int = 9,
+    block: int = 5,
     tol: float = PARITY_TOL,
 ) -> OptimizedModel:
     """The fastest fp32 inference callable for ``model`` at ``example_input``'s shape.
@@ -199,6 +223,8 @@ def optimize(
     ``backend`` is ``"auto"`` (measure ``candidates``, default :data:`AUTO_CANDIDATES` that are installed) or one of
     :data:`BACKENDS`. Every engine runs the BN-folded model and must reproduce eager PyTorch within ``tol`` of the
     output scale at the example input, else it is rejected (``auto``) or a ``RuntimeError`` is raised (explicit).
+    Candidates are timed in ``repeats`` round-robin rounds of ``block`` back-to-back calls each (see
+    :func:`time_interleaved`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -228,12 +254,16 @@ def optimize(
     for name in wanted:
         if name == "eager" and _has_conv(folded):
             plain, cl = _eager_runner(folded, False), _eager_runner(_copy(folded), True)
-            t = time_interleaved({"nchw": lambda: plain(example_input), "nhwc": lambda: cl(example_input)}, repeats=max(5, repeats // 2))
+            t = time_interleaved(
+                {"nchw": lambda: plain(example_input), "nhwc": lambda: cl(example_input)}, repeats=max(3, repeats // 2), block=block
+            )
             channels_last = t["nhwc"] < t["nchw"]
             runners[name] = cl if channels_last else plain
             continue
         try:
             runners[name] = _build_runner(name, folded, example_input, threads, False)
+            if name == "openvino":
+                runners[PINNED_OPENVINO] = _build_runner(name, folded, example_input, threads, False, pinned=True)
         except ImportError:
             if backend != "auto" or candidates is not None:
                 raise
@@ -247,16 +277,18 @@ def optimize(
     if not runners:
         raise RuntimeError(f"no backend among {wanted} reproduced the eager outputs: {diffs}")
     if len(runners) > 1:
-        timings = time_interleaved({k: (lambda r=r: r(example_input)) for k, r in runners.items()}, repeats=repeats)
+        timings = time_interleaved({k: (lambda r=r: r(example_input)) for k, r in runners.items()}, repeats=repeats, block=block)
     else:
         timings = {}
     best = min(timings, key=timings.get) if timings else next(iter(runners))
-    if best == "eager" and channels_last:
+    engine_name = best.split("/")[0]
+    if engine_name == "eager" and channels_last:
         folded = folded.to(memory_format=torch.channels_last)
     engine = OptimizedModel(
-        backend=best, timings_ms=timings, max_rel_diff=diffs[best], threads=threads, _model=folded, _channels_last=channels_last
+        backend=engine_name, timings_ms=timings, max_rel_diff=diffs[best], threads=threads, variant=best,
+        _model=folded, _channels_last=channels_last, _pinned=best == PINNED_OPENVINO,
     )
-    engine._runners[tuple(example_input.shape) if best in ("onnxruntime", "openvino") else ()] = runners[best]
+    engine._runners[tuple(example_input.shape) if engine_name in ("onnxruntime", "openvino") else ()] = runners[best]
     return engine
 
 

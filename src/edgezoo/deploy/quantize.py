@@ -195,7 +195,7 @@ def quantize_int8(
                 raise
     if not runners:
         raise ImportError("int8 needs onnxruntime or openvino; install them with: pip install 'edgezoo[export]'")
-    timings = time_interleaved({k: (lambda r=r: r(example)) for k, r in runners.items()}, repeats=15) if len(runners) > 1 else {}
+    timings = time_interleaved({k: (lambda r=r: r(example)) for k, r in runners.items()}, repeats=9, block=5) if len(runners) > 1 else {}
     best = min(timings, key=timings.get) if timings else next(iter(runners))
     return QuantizedModel(backend=best, onnx=qdq, input_shape=tuple(shape), timings_ms=timings, _runner=runners[best])
 
