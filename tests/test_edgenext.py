@@ -233,3 +233,21 @@ def test_eval_is_deterministic_and_batch_independent():
         single = torch.cat([model(x[i : i + 1]) for i in range(3)])
     assert_close(single, full, tol=1e-5)
     assert F.softmax(full, -1).sum(-1).allclose(torch.ones(3))
+
+
+@pytest.mark.parametrize("name", ["edgenext_xx_small", "edgenext_small"])
+def test_deploy_form_is_channels_first_and_equal(name):
+    """fuse() swaps every block for its NCHW inference form (affines and layer scales folded into 1×1 convs)."""
+    from edgezoo.deploy import fuse
+    from edgezoo.layers import LayerNorm2d
+    from edgezoo.models.edgenext import ConvEncoder
+
+    model = edgezoo.create_model(name, num_classes=7).eval()
+    perturb_(model)
+    fused, report = fuse(model, return_report=True)
+    assert len(report.rewritten) == sum(isinstance(m, (ConvEncoder, SDTAEncoder)) for m in model.modules()) + 4
+    assert not any(isinstance(m, (ConvEncoder, SDTAEncoder, LayerNorm2d, torch.nn.LayerNorm)) for m in fused.stages.modules())
+    for size in (64, 96):  # another grid size re-derives the position encoding
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            assert_close(fused(x), model(x), tol=1e-5)

@@ -13,6 +13,11 @@ Pairs are found by structure, never by guessing from names of classes:
 
 A BatchNorm that follows no foldable layer (e.g. after an addition) is replaced by an equivalent
 :class:`ChannelAffine`, so the folded model never contains a BatchNorm.
+
+Then every module that offers a ``deploy_form()`` method is replaced by what it returns: an inference-only
+module computing the same function in a form engines run faster, e.g. EdgeNeXt's blocks without their
+channels-last permutes, with LayerNorm affines and layer scales folded into the 1×1 convs around them. The
+outermost such module wins (its deploy form takes care of its children).
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ class FuseReport:
 
     folded: list[str] = field(default_factory=list)
     affine: list[str] = field(default_factory=list)
+    rewritten: list[str] = field(default_factory=list)  # modules replaced by their ``deploy_form()``
 
 
 def _is_plain_bn(m: nn.Module) -> bool:
@@ -117,16 +123,30 @@ def _replace_leftover_bns(model: nn.Module, report: FuseReport) -> None:
                 report.affine.append(f"{name}.{child_name}" if name else child_name)
 
 
+def _apply_deploy_forms(module: nn.Module, report: FuseReport, prefix: str = "") -> None:
+    for child_name, child in list(module.named_children()):
+        name = f"{prefix}.{child_name}" if prefix else child_name
+        form = getattr(child, "deploy_form", None)
+        if callable(form):
+            setattr(module, child_name, form().eval())
+            report.rewritten.append(name)
+        else:
+            _apply_deploy_forms(child, report, name)
+
+
 def remaining_batchnorms(model: nn.Module) -> list[str]:
     """Names of every BatchNorm module (of any subclass) still in ``model``."""
     return [n for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
 
 
-def fuse(model: nn.Module, *, inplace: bool = False, return_report: bool = False) -> nn.Module | tuple[nn.Module, FuseReport]:
+def fuse(
+    model: nn.Module, *, inplace: bool = False, deploy_forms: bool = True, return_report: bool = False
+) -> nn.Module | tuple[nn.Module, FuseReport]:
     """An inference copy of ``model`` (eval mode, no gradients) with every Conv+BN and Linear+BN folded.
 
     The result computes the same function as ``model.eval()`` up to float rounding and contains no BatchNorm:
-    BNs that cannot be folded (nothing foldable before them) become a :class:`ChannelAffine`. Raises
+    BNs that cannot be folded (nothing foldable before them) become a :class:`ChannelAffine`; with
+    ``deploy_forms`` (default) modules offering ``deploy_form()`` are replaced by their inference form. Raises
     ``ValueError`` if a BatchNorm subclass with custom behaviour is left (it cannot be replaced safely).
     With ``return_report=True`` returns ``(model, FuseReport)``.
     """
@@ -141,6 +161,8 @@ def fuse(model: nn.Module, *, inplace: bool = False, return_report: bool = False
         _fold_named_pairs(out, report)
         _fold_sequential(out, report)
         _replace_leftover_bns(out, report)
+        if deploy_forms:
+            _apply_deploy_forms(out, report)
     left = remaining_batchnorms(out)
     if left:
         raise ValueError(f"fuse: BatchNorm subclasses with custom forward cannot be folded: {left[:5]}")

@@ -1,6 +1,7 @@
 """Normalisation layers that are not in torch: LayerNorm over channels of an NCHW tensor."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -12,3 +13,68 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+    def deploy_form(self) -> nn.Module:
+        """Inference form without the two permutes (used by :func:`edgezoo.deploy.fuse`)."""
+        return _ChannelLayerNorm2d(self)
+
+
+class _ChannelLayerNorm2d(nn.Module):
+    """:class:`LayerNorm2d`'s inference form: normalised over dim 1 in place, then the per-channel affine."""
+
+    def __init__(self, ln: LayerNorm2d) -> None:
+        super().__init__()
+        self.norm = ChannelNorm2d(ln.eps)
+        c = ln.normalized_shape[0]
+        weight = ln.weight if ln.weight is not None else torch.ones(c)
+        bias = ln.bias if ln.bias is not None else torch.zeros(c)
+        self.register_buffer("weight", weight.detach().clone().reshape(1, c, 1, 1))
+        self.register_buffer("bias", bias.detach().clone().reshape(1, c, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.addcmul(self.bias, self.norm(x), self.weight)
+
+
+class ChannelNorm2d(nn.Module):
+    """Affine-free LayerNorm over the channels of ``(N, C, H, W)``, written without leaving NCHW.
+
+    The deploy form of :class:`LayerNorm2d` (its affine folded into the 1×1 conv that follows, see
+    :func:`edgezoo.deploy.fuse`): mean and variance over dim 1 as plain reductions, so an exported graph needs no
+    transposes around it and inference engines match it to their fused mean-variance normalisation.
+    """
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = float(eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        centred = x - x.mean(dim=1, keepdim=True)
+        var = centred.pow(2).mean(dim=1, keepdim=True)
+        return centred / torch.sqrt(var + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+def linear_as_conv1x1(linear: nn.Linear, *, in_scale: Tensor | None = None, in_shift: Tensor | None = None,
+                      out_scale: Tensor | None = None) -> nn.Conv2d:
+    """A 1×1 conv computing ``out_scale ⊙ linear(in_scale ⊙ x + in_shift)`` on NCHW maps (folded in float64).
+
+    Lets a channels-last MLP (``Linear`` on ``(B, H, W, C)``) run channels-first, with a preceding LayerNorm's
+    affine (``in_scale``, ``in_shift``) and a following layer scale (``out_scale``) multiplied into its weights.
+    """
+    w = linear.weight.detach().double()
+    b = linear.bias.detach().double() if linear.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    if in_shift is not None:
+        b = b + w @ in_shift.detach().double()
+    if in_scale is not None:
+        w = w * in_scale.detach().double()[None, :]
+    if out_scale is not None:
+        s = out_scale.detach().double().reshape(-1)
+        w, b = w * s[:, None], b * s
+    conv = nn.Conv2d(w.shape[1], w.shape[0], kernel_size=1)
+    dtype = linear.weight.dtype
+    with torch.no_grad():
+        conv.weight.copy_(w.to(dtype)[:, :, None, None])
+        conv.bias.copy_(b.to(dtype))
+    return conv.requires_grad_(False)
