@@ -1,9 +1,11 @@
-"""Training throughput (img/s): edgezoo's training step vs. the same architecture in timm with a plain loop.
+"""Training throughput (img/s): edgezoo's training step vs. the same architecture in timm with an equivalent loop.
 
-edgezoo's step is the engine's (label-smoothed CE, backward, optimiser, per-step LR schedule, EMA update, and
-gradient clipping when the family recipe uses it); timm's is the bare minimum (CE, backward, optimiser). Both run
-on the same synthetic batch, same optimiser, interleaved in rounds so that machine noise hits both alike. The
-ratio edgezoo / timm ≥ 1 means our loop, with its extras, is not slower.
+Two comparisons, each edgezoo model vs timm model of the same name:
+* the engine's step (label-smoothed CE, backward, optimiser, per-step LR schedule, weight EMA, and gradient
+  clipping when the family recipe uses it) vs timm's model run through exactly the same step code;
+* a plain loop (CE, backward, optimiser) with each model.
+All four run on the same synthetic batch with the same optimiser settings, interleaved in rounds so that machine
+noise hits them alike. Ratios ≥ 1 mean edgezoo is not slower.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_throughput.py --models mobilenetv3_small_050 --img-size 64
 """
@@ -23,11 +25,14 @@ from edgezoo.train.config import build_config, resolve_config
 from edgezoo.train.engine import WeightEma, make_optimizer, warmup_cosine
 
 
-def edgezoo_step(name: str, img_size: int, batch: int, num_classes: int):
+def recipe(name: str, img_size: int, batch: int):
     cfg = resolve_config(build_config({"model": name, "img_size": img_size, "batch_size": batch}),
                          family=get_entry(name).family)
-    kwargs = dict(cfg.model_kwargs)
-    model = edgezoo.create_model(name, num_classes=num_classes, img_size=img_size, **kwargs).train()
+    return cfg, dict(cfg.model_kwargs)
+
+
+def steps_for(model: torch.nn.Module, cfg):
+    """(engine-equivalent step, plain step) closures for one model."""
     opt = make_optimizer(cfg, model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(10_000, 10, 0.01))
     ema = WeightEma(model, 0.999)
@@ -48,24 +53,14 @@ def edgezoo_step(name: str, img_size: int, batch: int, num_classes: int):
         loss.backward()
         opt.step()
 
-    return step, plain, cfg, kwargs
+    return step, plain
 
 
-def timm_step(name: str, img_size: int, batch: int, num_classes: int, cfg, kwargs):
+def models_for(name: str, img_size: int, num_classes: int, kwargs):
+    ours = edgezoo.create_model(name, num_classes=num_classes, img_size=img_size, **kwargs).train()
     extra = {"img_size": img_size, **kwargs} if "patch_size" in kwargs else {}
-    model = timm.create_model(name, num_classes=num_classes, **extra).train()
-    opt = {"sgd": lambda p: torch.optim.SGD(p, lr=cfg.lr, momentum=0.9, nesterov=True),
-           "rmsprop": lambda p: torch.optim.RMSprop(p, lr=cfg.lr, alpha=0.9, eps=1e-3, momentum=0.9),
-           "adamw": lambda p: torch.optim.AdamW(p, lr=cfg.lr, weight_decay=cfg.weight_decay)}[cfg.optimizer](
-        model.parameters())
-
-    def step(x, y):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+    theirs = timm.create_model(name, num_classes=num_classes, **extra).train()
+    return ours, theirs
 
 
 def bench(step, x, y, steps: int) -> float:
@@ -84,25 +79,28 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     print(f"torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}")
-    print("| model | img | batch | edgezoo engine step img/s | edgezoo plain loop img/s | timm plain loop img/s | "
-          "engine / timm | plain / timm |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | img | batch | engine step: edgezoo img/s | same step: timm img/s | ratio | plain loop: edgezoo "
+          "img/s | plain loop: timm img/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         torch.manual_seed(0)
         fam = get_entry(name).family
         size = args.img_size or resolve_config(build_config({"model": name}), family=fam).img_size
-        ez, ez_plain, cfg, kwargs = edgezoo_step(name, size, args.batch_size, 10)
-        tm = timm_step(name, size, args.batch_size, 10, cfg, kwargs)
+        cfg, kwargs = recipe(name, size, args.batch_size)
+        ours, theirs = models_for(name, size, 10, kwargs)
+        runs = dict(zip(("ez", "ez_plain"), steps_for(ours, cfg)))
+        runs.update(zip(("timm", "timm_plain"), steps_for(theirs, cfg)))
         x, y = torch.randn(args.batch_size, 3, size, size), torch.randint(0, 10, (args.batch_size,))
-        bench(ez, x, y, 2), bench(tm, x, y, 2)  # warm-up
-        a, b, c = [], [], []
-        for _ in range(args.rounds):
-            a.append(bench(ez, x, y, args.steps))
-            c.append(bench(ez_plain, x, y, args.steps))
-            b.append(bench(tm, x, y, args.steps))
-        ma, mb, mc = statistics.median(a), statistics.median(b), statistics.median(c)
-        print(f"| {name} | {size} | {args.batch_size} | {ma:.1f} | {mc:.1f} | {mb:.1f} | {ma / mb:.2f} | "
-              f"{mc / mb:.2f} |", flush=True)
+        for fn in runs.values():
+            bench(fn, x, y, 2)  # warm-up
+        got = {k: [] for k in runs}
+        for r in range(args.rounds):
+            keys = list(runs)[r % 4:] + list(runs)[:r % 4]
+            for k in keys:
+                got[k].append(bench(runs[k], x, y, args.steps))
+        m = {k: statistics.median(v) for k, v in got.items()}
+        print(f"| {name} | {size} | {args.batch_size} | {m['ez']:.1f} | {m['timm']:.1f} | {m['ez'] / m['timm']:.2f} "
+              f"| {m['ez_plain']:.1f} | {m['timm_plain']:.1f} | {m['ez_plain'] / m['timm_plain']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
