@@ -340,3 +340,19 @@ def test_bench_twin_computes_the_same_function():
     x = _x()
     with torch.no_grad():
         assert rel_diff(model(x), ref(x)) <= 1e-4
+
+
+def test_cli_os_errors_are_one_line(monkeypatch, capsys):
+    """A read-only or full disk is reported as one line with the path, exit 2, never a traceback."""
+    import errno
+
+    import edgezoo.cli.deploy as cli_deploy
+    from edgezoo.cli import main
+
+    def fail(args):
+        raise OSError(errno.EROFS, "Read-only file system", "/ro/model.onnx")
+
+    monkeypatch.setattr(cli_deploy, "cmd_export", fail)
+    code = main(["export", "mobilenetv1_025", "--format", "onnx", "--out", "/ro/model.onnx"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Read-only file system" in err[0] and "/ro/model.onnx" in err[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -45,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         sys.stderr.write(f"edgezoo: error: {msg}\n")
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 0
     except OSError as exc:  # e.g. a read-only or full disk, an existing path where a folder must go
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         sys.stderr.write(f"edgezoo: error: {exc.strerror or exc}{where}\n")
