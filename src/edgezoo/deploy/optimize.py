@@ -214,7 +214,7 @@ def optimize(
     *,
     candidates: Sequence[str] | None = None,
     threads: int | None = None,
-    repeats: int = 9,
+    repeats: int = 15,
     block: int = 5,
     tol: float = PARITY_TOL,
 ) -> OptimizedModel:
