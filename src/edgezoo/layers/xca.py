@@ -17,9 +17,9 @@ from torch import Tensor, nn
 class CrossCovarianceAttention(nn.Module):
     """Multi-head XCA over ``(B, N, C)`` tokens: attention across channels, with learnable temperature per head.
 
-    The channel-to-channel attention is computed with ``F.scaled_dot_product_attention`` by treating each head's
-    ``d`` channels as the "sequence" and the ``N`` tokens as the "features": with ``scale=1`` and the temperature
-    multiplied into the normalised queries, SDPA evaluates exactly ``softmax(τ q̂ k̂ᵀ) v``.
+    Each head's ``d`` channels play the role of the sequence and the ``N`` tokens that of the features, so the
+    attention map is only ``d × d``; it is computed with explicit matmuls (cheaper than SDPA's dispatch at that
+    size) and the temperature scales the map rather than the queries.
     """
 
     def __init__(
@@ -50,11 +50,14 @@ class CrossCovarianceAttention(nn.Module):
         # (B, N, 3·C) -> (3, B, heads, head_dim, N): channels become the attended axis, tokens the feature axis.
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 4, 1)
         q, k, v = qkv.unbind(0)
-        q = F.normalize(q, dim=-1) * self.temperature
+        q = F.normalize(q, dim=-1)
         k = F.normalize(k, dim=-1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=1.0
-        )  # (B, heads, head_dim, N)
+        # The d × d map is small: explicit matmuls beat SDPA's dispatch here, and τ scales d² logits, not d·N queries.
+        attn = (q @ k.transpose(-2, -1)) * self.temperature
+        attn = attn.softmax(dim=-1)
+        if self.training and self.attn_drop > 0:
+            attn = F.dropout(attn, p=self.attn_drop)
+        out = attn @ v  # (B, heads, head_dim, N)
         out = out.permute(0, 3, 1, 2).reshape(batch, tokens, dim)
         return self.proj_drop(self.proj(out))
 

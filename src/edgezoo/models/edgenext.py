@@ -358,9 +358,8 @@ class _SDTAEncoderNCHW(nn.Module):
             y = y + self.pos_embed(height, width)
         qkv = self.qkv(self.norm(y)).reshape(batch, 3, self.num_heads, self.head_dim, height * width)
         q, k, v = qkv.unbind(1)  # (B, heads, d, N) each
-        q = F.normalize(q, dim=-1) * self.temperature
-        k = F.normalize(k, dim=-1)
-        attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, heads, d, N)
+        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * self.temperature
+        attended = attn.softmax(dim=-1) @ v  # (B, heads, d, N)
         y = y + self.proj(attended.reshape(batch, channels, height, width))
         return x + self.mlp(y)
 
