@@ -2,8 +2,9 @@
 
 One model per family, batch 1, fp32, one process; all five contenders are timed interleaved: every round gives each
 one a turn of ``--block`` back-to-back calls (its steady state, as a deployed model runs; single alternating calls
-would charge one engine's still-spinning worker threads to the next), the order rotating every round, so that load
-from other processes hits them alike. Per contender: median over rounds of each turn's median call; ratios of those.
+would charge one engine's still-spinning worker threads to the next), turns 20 ms apart and in a new random order
+every round (a fixed cyclic order made one ONNX Runtime session always follow the other), so that load from other
+processes hits them alike. Per contender: median over rounds of each turn's median call; ratios of those.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_vs_peers.py --threads 2 --repeats 15 --block 10 --out benchmarks/results
 
@@ -115,6 +116,7 @@ def run(models, threads: int, repeats: int, block: int) -> list[dict]:
                 warmup=5,
                 repeats=repeats,
                 block=block,
+                gap_s=0.02,  # let the previous contender's spinning worker threads go idle
             )
         best_peer = min(t["timm_ort"], t["timm_ov"], t["timm_ov_pin"])
         row = dict(

@@ -20,6 +20,7 @@ engine for that shape, so the returned callable works at any batch and resolutio
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -69,8 +70,9 @@ def time_interleaved(
     turn; the result is the median over ``repeats`` rounds. Back-to-back calls measure each engine in its steady
     state, as a deployed model runs: engines whose worker threads keep spinning after a call (OpenMP, ONNX
     Runtime, OpenVINO) tax whatever runs next on a small machine, so single interleaved calls would charge one
-    engine's spinning to its neighbour. Round-robin turns (the order rotates every round) keep load from other
-    processes hitting all runners alike. ``gap_s`` sleeps before each turn.
+    engine's spinning to its neighbour. Every round visits the runners in a new (seeded) random order, so no
+    runner always follows the same neighbour, and load from other processes hits all alike. ``gap_s`` sleeps
+    before each turn, letting the previous runner's threads go idle.
     """
     if block < 1 or repeats < 1:
         raise ValueError(f"block and repeats must be >= 1, got block={block!r}, repeats={repeats!r}")
@@ -79,9 +81,9 @@ def time_interleaved(
         for fn in runners.values():
             fn()
     samples: dict[str, list[float]] = {k: [] for k in keys}
-    for r in range(repeats):
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
+    order = random.Random(0)  # a fixed seed: the same schedule every time, but no fixed neighbours
+    for _ in range(repeats):
+        for key in order.sample(keys, len(keys)):
             if gap_s:
                 time.sleep(gap_s)
             fn = runners[key]
