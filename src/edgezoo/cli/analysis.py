@@ -42,12 +42,9 @@ def _human(n: float, unit: str = "") -> str:
 
 
 def _console() -> Any:
-    from rich.console import Console
+    from .._console import table_console
 
-    console = Console()
-    if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
-        console = Console(width=160)
-    return console
+    return table_console()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _print_table(rows: list[Any], compare: str | None) -> None:
-    from rich.console import Console
+    from .._console import table_console
     from rich.table import Table
 
     from ..bench import device_description
@@ -111,7 +111,7 @@ def _print_table(rows: list[Any], compare: str | None) -> None:
             cells += [f"{r.timm_ms:.2f}" if r.timm_ms else "-", f"{r.ratio_vs_timm:.2f}×" if r.ratio_vs_timm else "-"]
         cells.append(f"{r.gmacs:.2f}")
         table.add_row(*cells)
-    Console().print(table)
+    table_console().print(table)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

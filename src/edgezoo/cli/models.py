@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
+from .._console import table_console
 from rich.table import Table
 
 
@@ -32,7 +32,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         entry = get_entry(name)
         _, h, w = entry.default_cfg["input_size"]
         table.add_row(name, entry.family, f"{_count_params(name) / 1e6:.2f}M", f"{h}×{w}")
-    Console().print(table)
+    table_console().print(table)
     return 0
 
 
@@ -44,7 +44,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     model = create_model(args.name)
     n = sum(p.numel() for p in model.parameters())
     cfg = model.default_cfg
-    console = Console()
+    console = table_console()
     console.print(f"[bold]{args.name}[/bold]: {n:,} parameters, default input {cfg['input_size']}")
     table = Table(title="feature levels (features_only=True)")
     for col in ("level", "module", "channels", "reduction"):

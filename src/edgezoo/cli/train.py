@@ -116,10 +116,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"top1": round(res["top1"], 4), "top5": round(res["top5"], 4), "n": res["n"]}))
         return 0
-    from rich.console import Console
+    from .._console import table_console
     from rich.table import Table
 
-    console = Console()
+    console = table_console()
     console.print(f"[bold]{res['model']}[/bold] ({res['checkpoint']}) on {args.data}: "
                   f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  n={res['n']}"
                   + (f"  (skipped {res['skipped']} unreadable)" if res["skipped"] else ""))

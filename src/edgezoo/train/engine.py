@@ -615,7 +615,7 @@ def _train(cfg: TrainConfig, entry: Any, rt: Runtime, state: dict[str, Any] | No
 
 
 def print_summary(report: dict[str, Any], out: Path) -> None:
-    from rich.console import Console
+    from .._console import table_console
     from rich.table import Table
 
     table = Table(title=f"{report['model']} on {report['data']}")
@@ -634,4 +634,4 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
     ]
     for k, v in rows:
         table.add_row(k, v)
-    Console().print(table)
+    table_console().print(table)
