@@ -111,6 +111,35 @@ def test_checkpoint_at_224_resized_like_timm(tmp_path, img_size):
     _compare(ref, ours, torch.randn(1, 3, h, w), f"{TINY} {img_size} from a 224 checkpoint")
 
 
+@pytest.mark.parametrize("patch_size", [8, 32])
+def test_checkpoint_of_another_patch_size_resized_like_timm(tmp_path, patch_size):
+    """A /16 checkpoint loads into a /8 or /32 model: kernel by pseudo-inverse resize, pos_embed to the new grid."""
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    _, path = _timm_checkpoint(tmp_path)
+    ours = edgezoo.create_model(TINY, patch_size=patch_size, checkpoint=path).eval()
+    ref = timm.create_model(TINY, pretrained=False, patch_size=patch_size).eval()
+    ref.load_state_dict(checkpoint_filter_fn(torch.load(path, weights_only=True), ref))
+    assert_close(ours.patch_embed.proj.weight.detach(), ref.patch_embed.proj.weight.detach(), tol=1e-5,
+                 what=f"patch kernel resized 16 -> {patch_size}")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert_close(ours(x), ref(x), tol=1e-4, what=f"{TINY} /{patch_size} from a /16 checkpoint")
+
+
+def test_patch_kernel_resize_preserves_tokens_when_upsampling():
+    from edgezoo.layers.patch_embed import resample_patch_kernel
+
+    w = torch.randn(8, 3, 4, 4, dtype=torch.float64)
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    up = torch.nn.functional.interpolate(x.float(), size=(8, 8), mode="bicubic", align_corners=False, antialias=True)
+    new = resample_patch_kernel(w, (8, 8))
+    assert torch.allclose(up.double().flatten(1) @ new.flatten(1).T, x.flatten(1) @ w.flatten(1).T, atol=1e-4)
+    with pytest.raises(ValueError, match="weight"):
+        resample_patch_kernel(torch.randn(3, 4, 4), (8, 8))
+
+
 def test_checkpoint_in_edgezoo_keys_and_safetensors(tmp_path):
     ref, ours = pair_from_timm(TINY)
     path = tmp_path / "vit.safetensors"

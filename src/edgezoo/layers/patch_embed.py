@@ -6,6 +6,8 @@ exactly a P×P convolution with stride P; the convolution form is what every ref
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -55,3 +57,32 @@ class PatchEmbed(nn.Module):
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}"
+
+
+def resample_patch_kernel(
+    weight: Tensor, new_size: tuple[int, int], *, mode: str = "bicubic", antialias: bool = True
+) -> Tensor:
+    """Resize a patch-embedding kernel ``(D, C, p_h, p_w)`` to ``(D, C, *new_size)`` so tokens keep their meaning.
+
+    FlexiViT's pseudo-inverse resize (Beyer et al. 2023, §3.4): with ``R`` the linear map that resizes a
+    ``p_h×p_w`` patch to the new size (here bicubic, anti-aliased, as images are resized), the new kernel ``ŵ``
+    should give a resized patch the token the old kernel gave the original, ``⟨R x, ŵ⟩ = ⟨x, w⟩``. The
+    least-squares solution is ``ŵ = pinv(Rᵀ) w``; when upsampling it is exact, and it is the best match when
+    shrinking. Naively resizing the kernel like an image would instead scale every token by the area ratio.
+    """
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be a (D, C, p_h, p_w) conv kernel, got shape {tuple(weight.shape)}")
+    new_h, new_w = int(new_size[0]), int(new_size[1])
+    if new_h < 1 or new_w < 1:
+        raise ValueError(f"new_size must be positive, got {new_size!r}")
+    old_h, old_w = weight.shape[-2:]
+    if (old_h, old_w) == (new_h, new_w):
+        return weight
+    # R's columns: every one-hot old patch, resized. (p_h·p_w, 1, p_h, p_w) -> (p_h·p_w, new_h·new_w)
+    basis = torch.eye(old_h * old_w, dtype=torch.float32).reshape(old_h * old_w, 1, old_h, old_w)
+    resized = F.interpolate(basis, size=(new_h, new_w), mode=mode, align_corners=False, antialias=antialias)
+    resize_t = resized.reshape(old_h * old_w, new_h * new_w).double()  # Rᵀ
+    project = torch.linalg.pinv(resize_t)  # (new_h·new_w, p_h·p_w)
+    flat = weight.detach().double().reshape(-1, old_h * old_w)  # every (out, in) channel pair's kernel as a row
+    new = flat @ project.T
+    return new.reshape(*weight.shape[:2], new_h, new_w).to(weight.dtype)

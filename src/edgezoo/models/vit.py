@@ -29,7 +29,7 @@ from ..layers.attention import Attention
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.helpers import to_2tuple
 from ..layers.mlp import Mlp
-from ..layers.patch_embed import PatchEmbed, check_patch_size
+from ..layers.patch_embed import PatchEmbed, check_patch_size, resample_patch_kernel
 from ..layers.pos_embed import resample_pos_embed, square_grid
 from ..registry import register_model
 from ._base import (
@@ -183,14 +183,21 @@ class VisionTransformer(EdgeModel):
         return torch.cat([cls, tokens], dim=1) + pos, grid
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Resize a checkpoint's position embedding to this model's grid (called by the loader before strict load).
+        """Fit a checkpoint to this model's patch size and grid (called by the loader before strict loading).
 
-        The checkpoint's grid is the square one its token count implies (all reference ViTs train on square
-        images); a non-square count must already match this model.
+        * A patch-embedding kernel of another patch size is resized with FlexiViT's pseudo-inverse resize
+          (:func:`~edgezoo.layers.patch_embed.resample_patch_kernel`), so e.g. a /16 checkpoint serves a /8 model.
+        * The position embedding is resized to this model's grid. The checkpoint's grid is the square one its
+          token count implies (all reference ViTs train on square images); a non-square count must already match.
         """
-        pos = state_dict.get("pos_embed")
+        out = dict(state_dict)
+        kernel = out.get("patch_embed.proj.weight")
+        own_patch = tuple(self.patch_embed.proj.weight.shape[-2:])
+        if kernel is not None and kernel.dim() == 4 and tuple(kernel.shape[-2:]) != own_patch:
+            out["patch_embed.proj.weight"] = resample_patch_kernel(kernel, own_patch)
+        pos = out.get("pos_embed")
         if pos is None or pos.ndim != 3:
-            return state_dict
+            return out
         num_grid_tokens = pos.shape[1] - NUM_PREFIX_TOKENS
         old_grid = square_grid(num_grid_tokens)
         if old_grid is None:
@@ -201,10 +208,8 @@ class VisionTransformer(EdgeModel):
                     f"checkpoint pos_embed has {num_grid_tokens} patch positions, which is not a square grid; "
                     f"cannot resize it to this model's {self.grid[0]}x{self.grid[1]} grid"
                 )
-        if old_grid == self.grid:
-            return state_dict
-        out = dict(state_dict)
-        out["pos_embed"] = resample_pos_embed(pos, new_grid=self.grid, old_grid=old_grid, num_prefix_tokens=NUM_PREFIX_TOKENS)
+        if old_grid != self.grid:
+            out["pos_embed"] = resample_pos_embed(pos, new_grid=self.grid, old_grid=old_grid, num_prefix_tokens=NUM_PREFIX_TOKENS)
         return out
 
     # --- EdgeModel contract ----------------------------------------------------------------------------------
