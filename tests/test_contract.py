@@ -129,6 +129,21 @@ def test_features_only_channels_match_timm(name):
     assert [f["reduction"] for f in ours.feature_info] == ref.feature_info.reduction()
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_features_only_param_count_equals_timm(name):
+    """A backbone cut at an early level holds the same parameters as timm's (layers past it are dropped)."""
+    levels = len(edgezoo.create_model(name, features_only=True, out_indices=None).full_feature_info)
+    shallow = (0, 1) if levels > 2 else (0,)
+    try:
+        with torch.device("meta"):
+            ref = timm_model(name, features_only=True, out_indices=shallow)
+    except RuntimeError:
+        pytest.skip(f"timm has no {name}")
+    with torch.device("meta"):
+        ours = edgezoo.create_model(name, features_only=True, out_indices=shallow)
+    assert count_params(ours) == count_params(ref)
+
+
 @pytest.mark.parametrize("bad", [dict(num_classes=-1), dict(in_chans=0), dict(drop_path_rate=1.5), dict(img_size=0)])
 def test_bad_common_arguments(bad):
     name = ALL[0]

@@ -81,11 +81,9 @@ def test_out_indices_match_timm():
     name = "mobilevit_xxs"
     ref = perturb_(timm_model(name, features_only=True, out_indices=(1, 3)), seed=3).eval()
     ours = edgezoo.create_model(name, features_only=True, out_indices=(1, -2)).eval()
-    # timm prunes the layers after the last wanted level; edgezoo keeps them (same keys as the full model) but
-    # forward_intermediates stops there
-    result = ours.load_state_dict(edgezoo.convert_state_dict(name, ref.state_dict(), source="timm"), strict=False)
-    assert not result.unexpected_keys
-    assert result.missing_keys and all(k.startswith(("stages.4.", "final_conv.")) for k in result.missing_keys)
+    # both drop the layers after the deepest wanted level: the pruned state dicts correspond key for key
+    ours.load_state_dict(edgezoo.convert_state_dict(name, ref.state_dict(), source="timm"), strict=True)
+    assert not any(k.startswith(("stages.4.", "final_conv.")) for k in ours.state_dict())
     assert [f["num_chs"] for f in ours.feature_info] == ref.feature_info.channels() == [24, 64]
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():

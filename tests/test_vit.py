@@ -196,6 +196,18 @@ def test_features_only():
         edgezoo.create_model(TINY, features_only=True, out_indices=(12,))
 
 
+def test_shallow_features_only_loads_a_full_checkpoint(tmp_path):
+    """Blocks past the deepest requested level are dropped, and a full checkpoint's weights for them are ignored."""
+    ref, path = _timm_checkpoint(tmp_path)
+    model = edgezoo.create_model(TINY, features_only=True, out_indices=(1, 3), checkpoint=path).eval()
+    assert len(model.blocks) == 4 and not any(k.startswith("blocks.4.") for k in model.state_dict())
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        want = ref.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+        for a, b in zip(model(x), want, strict=True):
+            assert_close(a, b, what="shallow ViT features from a full checkpoint")
+
+
 def test_default_cfg():
     cfg = edgezoo.create_model(TINY).default_cfg
     assert cfg["input_size"] == (3, 224, 224)

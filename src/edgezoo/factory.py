@@ -68,7 +68,7 @@ def load_weights(model: nn.Module, name: str, state_dict: Mapping[str, Tensor], 
     # A features-only model has no head: a full checkpoint's head weights are simply not needed.
     removed = tuple(getattr(model, "removed_head_modules", ()))
     if removed:
-        sd = {k: v for k, v in sd.items() if k.split(".", 1)[0] not in removed}
+        sd = {k: v for k, v in sd.items() if not any(k == r or k.startswith(r + ".") for r in removed)}
     own = model.state_dict()
     missing = sorted(_relevant(own.keys()) - set(sd))
     unexpected = sorted(_relevant(sd.keys()) - set(own))

@@ -82,6 +82,11 @@ class EdgeModel(nn.Module):
     features_only: bool = False
     out_indices: tuple[int, ...] = ()
     removed_head_modules: tuple[str, ...] = ()  # set by enable_features_only; their checkpoint keys are ignored
+    # Models whose feature level i is the output of ``getattr(self, feature_trunk)[i]`` name that container here;
+    # features-only mode then drops the entries after the deepest requested level (and ``feature_tail_modules``,
+    # used only by the last level), as timm's feature extractors do for these families. None: keep every layer.
+    feature_trunk: str | None = None
+    feature_tail_modules: tuple[str, ...] = ()
     default_out_indices: tuple[int, ...] | None = None  # features-only levels when none are given (None: all)
 
     @property
@@ -118,17 +123,28 @@ class EdgeModel(nn.Module):
     def enable_features_only(self, out_indices: Sequence[int] | None = None) -> "EdgeModel":
         """Switch to features-only mode in place: forward returns the list of maps at ``out_indices``.
 
-        The head modules are removed (replaced by ``nn.Identity``), so their weights are neither kept nor expected.
+        The head modules are removed (replaced by ``nn.Identity``), so their weights are neither kept nor expected;
+        so are layers after the deepest requested level where the model names a ``feature_trunk``.
         Without ``out_indices``, the levels are ``default_out_indices`` (all levels when that is ``None``).
         """
         if out_indices is None:
             out_indices = self.default_out_indices
         full = list(self.feature_info)
         indices = resolve_out_indices(out_indices, len(full))
-        removed = tuple(self.head_modules())
+        removed = list(self.head_modules())
         for name in removed:
             setattr(self, name, nn.Identity())
-        self.removed_head_modules = removed
+        if self.feature_trunk is not None:
+            trunk = getattr(self, self.feature_trunk)
+            keep = max(indices) + 1 if indices else 0
+            if keep < len(trunk):
+                # Layers after the deepest requested level would never run: drop them (and their weights).
+                removed += [f"{self.feature_trunk}.{i}" for i in range(keep, len(trunk))]
+                setattr(self, self.feature_trunk, trunk[:keep])
+                for name in self.feature_tail_modules:
+                    setattr(self, name, nn.Identity())
+                    removed.append(name)
+        self.removed_head_modules = tuple(removed)
         self.full_feature_info = full
         self.out_indices = indices
         self.feature_info = [dict(full[i]) for i in indices]

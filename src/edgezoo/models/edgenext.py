@@ -417,6 +417,8 @@ class EdgeNeXtHead(nn.Module):
 class EdgeNeXt(EdgeModel):
     """EdgeNeXt classifier / backbone; features at strides 4, 8, 16, 32 (``stages.0`` … ``stages.3``)."""
 
+    feature_trunk = "stages"
+
     def __init__(
         self,
         *,

@@ -116,6 +116,8 @@ def mixer_default_cfg(variant: MixerVariant, img_size: tuple[int, int] | None = 
 class MlpMixer(EdgeModel):
     """MLP-Mixer classifier; ``forward_features`` gives the normalised patch tokens ``(B, S, C)``."""
 
+    feature_trunk = "blocks"
+
     # features-only mode without out_indices: the last three blocks (timm's default)
     default_out_indices = tuple(range(-DEFAULT_FEATURE_LEVELS, 0))
 

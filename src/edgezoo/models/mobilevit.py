@@ -256,6 +256,9 @@ class MobileViT(EdgeModel):
     (stride 32), as in timm.
     """
 
+    feature_trunk = "stages"
+    feature_tail_modules = ("final_conv",)  # only level 4 (the last) uses it
+
     def __init__(
         self,
         variant: MobileViTVariant,

@@ -121,6 +121,8 @@ def vit_default_cfg(variant: ViTVariant, img_size: tuple[int, int] | None = None
 class VisionTransformer(EdgeModel):
     """ViT classifier; ``forward_features`` gives the normalised tokens ``(B, 1 + N, D)``, class token first."""
 
+    feature_trunk = "blocks"
+
     # features-only mode without out_indices: the last three blocks (timm's default for ViT)
     default_out_indices = tuple(range(-DEFAULT_FEATURE_LEVELS, 0))
 
