@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import edgezoo
 from edgezoo.bench import device_description, timm_twin
 from edgezoo.deploy import optimize
 from edgezoo.deploy.export import onnx_bytes, ort_session
-from edgezoo.deploy.optimize import time_interleaved
+from edgezoo.deploy.optimize import _openvino_runner, time_interleaved
 from edgezoo.registry import get_entry
 
 # One representative per family (the ones the issue measured first).
@@ -67,25 +66,13 @@ def _perturb(model: torch.nn.Module) -> None:
 
 
 def _peer_runners(timm_model: torch.nn.Module, x: torch.Tensor, threads: int):
-    import openvino as ov
-
+    """ONNX Runtime, OpenVINO and pinned OpenVINO on timm's export, configured exactly as optimize()'s engines."""
     data = onnx_bytes(timm_model, x)
     sess = ort_session(data, threads=threads)
     name = sess.get_inputs()[0].name
     xn = x.numpy()
-    core = ov.Core()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "timm.onnx")
-        Path(path).write_bytes(data)
-        cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-        compiled = core.compile_model(core.read_model(path), "CPU", cfg)
-        pinned = core.compile_model(core.read_model(path), "CPU", {**cfg, "ENABLE_CPU_PINNING": True})
-    req, req_pin = compiled.create_infer_request(), pinned.create_infer_request()
-    return (
-        (lambda: sess.run(None, {name: xn})),
-        (lambda: req.infer({0: xn}, share_inputs=True)),
-        (lambda: req_pin.infer({0: xn}, share_inputs=True)),
-    )
+    ov_run, ov_pin_run = (_openvino_runner(timm_model, x, threads, pinned, onnx=data) for pinned in (False, True))
+    return (lambda: sess.run(None, {name: xn})), (lambda: ov_run(x)), (lambda: ov_pin_run(x))
 
 
 def run(models, threads: int, repeats: int, block: int) -> list[dict]:

@@ -135,13 +135,16 @@ def _ort_runner(model: nn.Module, example: Tensor, threads: int) -> Runner:
     return run
 
 
-def _openvino_runner(model: nn.Module, example: Tensor, threads: int, pinned: bool = False) -> Runner:
+def _openvino_runner(
+    model: nn.Module, example: Tensor, threads: int, pinned: bool = False, *, onnx: bytes | None = None
+) -> Runner:
+    """OpenVINO CPU engine for ``model`` at ``example``'s shape; ``onnx``: its export, if already made."""
     ov = require("openvino")
     core = ov.Core()
     with tempfile.TemporaryDirectory(prefix="edgezoo-ov-") as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
         with open(onnx_path, "wb") as fh:
-            fh.write(onnx_bytes(model, example))
+            fh.write(onnx if onnx is not None else onnx_bytes(model, example))
         ov_model = core.read_model(onnx_path)
         compiled = core.compile_model(
             ov_model,
@@ -181,10 +184,10 @@ class OptimizedModel:
     _model: nn.Module = field(repr=False)
     _runners: dict[tuple[int, ...], Runner] = field(repr=False, default_factory=dict)
     _channels_last: bool = field(repr=False, default=False)
-    _pinned: bool = field(repr=False, default=False)
 
     def _build(self, example: Tensor) -> Runner:
-        return _build_runner(self.backend, self._model, example, self.threads, self._channels_last, self._pinned)
+        pinned = self.variant == PINNED_OPENVINO
+        return _build_runner(self.backend, self._model, example, self.threads, self._channels_last, pinned)
 
     def __call__(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
@@ -265,9 +268,12 @@ def optimize(
             runners[name] = cl if channels_last else plain
             continue
         try:
-            runners[name] = _build_runner(name, folded, example_input, threads, False)
-            if name == "openvino":
-                runners[PINNED_OPENVINO] = _build_runner(name, folded, example_input, threads, False, pinned=True)
+            if name == "openvino":  # both configurations from one export
+                data = onnx_bytes(folded, example_input)
+                for variant, pinned in ((name, False), (PINNED_OPENVINO, True)):
+                    runners[variant] = _openvino_runner(folded, example_input, threads, pinned, onnx=data)
+            else:
+                runners[name] = _build_runner(name, folded, example_input, threads, False)
         except ImportError:
             if backend != "auto" or candidates is not None:
                 raise
@@ -297,7 +303,7 @@ def optimize(
         folded = folded.to(memory_format=torch.channels_last)
     engine = OptimizedModel(
         backend=engine_name, timings_ms=timings, max_rel_diff=diffs[best], threads=threads, variant=best,
-        _model=folded, _channels_last=channels_last, _pinned=best == PINNED_OPENVINO,
+        _model=folded, _channels_last=channels_last,
     )
     engine._runners[tuple(example_input.shape) if engine_name in ("onnxruntime", "openvino") else ()] = runners[best]
     return engine

@@ -56,6 +56,34 @@ class ChannelNorm2d(nn.Module):
         return f"eps={self.eps}"
 
 
+def fold_affine_into_conv(
+    conv: nn.Conv2d, *, in_scale: Tensor | None = None, in_shift: Tensor | None = None, out_scale: Tensor | None = None
+) -> nn.Conv2d:
+    """A new conv computing ``out_scale ⊙ conv(in_scale ⊙ x + in_shift)`` (per-channel vectors; folded in float64).
+
+    ``conv(γ⊙x + β) = conv_{W·γ}(x) + Σ_{c,i,j} W[o,c,i,j]·β_c`` holds exactly only without padding (padded
+    borders would see 0, not β) and without groups, which is all the callers need; anything else is refused.
+    """
+    if conv.groups != 1 or any(p != 0 for p in conv.padding) or conv.padding_mode != "zeros":
+        raise ValueError(f"can only fold an affine into an ungrouped, unpadded conv, got {conv}")
+    w = conv.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    if in_shift is not None:
+        b = b + (w * in_shift.detach().double()[None, :, None, None]).sum((1, 2, 3))
+    if in_scale is not None:
+        w = w * in_scale.detach().double()[None, :, None, None]
+    if out_scale is not None:
+        s = out_scale.detach().double().reshape(-1)
+        w, b = w * s[:, None, None, None], b * s
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                       dilation=conv.dilation)
+    dtype = conv.weight.dtype
+    with torch.no_grad():
+        folded.weight.copy_(w.to(dtype))
+        folded.bias.copy_(b.to(dtype))
+    return folded.requires_grad_(False)
+
+
 def linear_as_conv1x1(linear: nn.Linear, *, in_scale: Tensor | None = None, in_shift: Tensor | None = None,
                       out_scale: Tensor | None = None) -> nn.Conv2d:
     """A 1×1 conv computing ``out_scale ⊙ linear(in_scale ⊙ x + in_shift)`` on NCHW maps (folded in float64).
@@ -63,18 +91,9 @@ def linear_as_conv1x1(linear: nn.Linear, *, in_scale: Tensor | None = None, in_s
     Lets a channels-last MLP (``Linear`` on ``(B, H, W, C)``) run channels-first, with a preceding LayerNorm's
     affine (``in_scale``, ``in_shift``) and a following layer scale (``out_scale``) multiplied into its weights.
     """
-    w = linear.weight.detach().double()
-    b = linear.bias.detach().double() if linear.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-    if in_shift is not None:
-        b = b + w @ in_shift.detach().double()
-    if in_scale is not None:
-        w = w * in_scale.detach().double()[None, :]
-    if out_scale is not None:
-        s = out_scale.detach().double().reshape(-1)
-        w, b = w * s[:, None], b * s
-    conv = nn.Conv2d(w.shape[1], w.shape[0], kernel_size=1)
-    dtype = linear.weight.dtype
+    conv = nn.Conv2d(linear.in_features, linear.out_features, kernel_size=1, bias=linear.bias is not None)
     with torch.no_grad():
-        conv.weight.copy_(w.to(dtype)[:, :, None, None])
-        conv.bias.copy_(b.to(dtype))
-    return conv.requires_grad_(False)
+        conv.weight.copy_(linear.weight.detach()[:, :, None, None])
+        if linear.bias is not None:
+            conv.bias.copy_(linear.bias.detach())
+    return fold_affine_into_conv(conv, in_scale=in_scale, in_shift=in_shift, out_scale=out_scale)

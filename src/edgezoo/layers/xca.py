@@ -14,6 +14,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def channel_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, *, attn_drop: float = 0.0) -> Tensor:
+    """XCA's core, ``softmax(τ · q̂ k̂ᵀ) v`` for ``(B, heads, d, N)`` inputs, ``q̂``/``k̂`` L2-normalised over N.
+
+    The d × d map is small: explicit matmuls beat SDPA's dispatch here, and τ scales d² logits, not d·N queries.
+    Returns ``(B, heads, d, N)``.
+    """
+    attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * temperature
+    attn = attn.softmax(dim=-1)
+    if attn_drop > 0:
+        attn = F.dropout(attn, p=attn_drop)
+    return attn @ v
+
+
 class CrossCovarianceAttention(nn.Module):
     """Multi-head XCA over ``(B, N, C)`` tokens: attention across channels, with learnable temperature per head.
 
@@ -50,14 +63,7 @@ class CrossCovarianceAttention(nn.Module):
         # (B, N, 3·C) -> (3, B, heads, head_dim, N): channels become the attended axis, tokens the feature axis.
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 4, 1)
         q, k, v = qkv.unbind(0)
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        # The d × d map is small: explicit matmuls beat SDPA's dispatch here, and τ scales d² logits, not d·N queries.
-        attn = (q @ k.transpose(-2, -1)) * self.temperature
-        attn = attn.softmax(dim=-1)
-        if self.training and self.attn_drop > 0:
-            attn = F.dropout(attn, p=self.attn_drop)
-        out = attn @ v  # (B, heads, head_dim, N)
+        out = channel_attention(q, k, v, self.temperature, attn_drop=self.attn_drop if self.training else 0.0)
         out = out.permute(0, 3, 1, 2).reshape(batch, tokens, dim)
         return self.proj_drop(self.proj(out))
 

@@ -22,12 +22,11 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import DropPath, LayerNorm2d, Mlp, check_drop_rate, drop_path_rates, to_2tuple
-from ..layers.norm import ChannelNorm2d, linear_as_conv1x1
-from ..layers.xca import CrossCovarianceAttention
+from ..layers.norm import ChannelNorm2d, fold_affine_into_conv, linear_as_conv1x1
+from ..layers.xca import CrossCovarianceAttention, channel_attention
 from ..registry import register_model
 from ._base import (
     EdgeModel,
@@ -154,15 +153,8 @@ class Downsample(nn.Module):
 
     def deploy_form(self) -> nn.Module:
         """Inference form: affine-free channel norm, the LayerNorm affine folded into the (unpadded) conv."""
-        conv = self.conv
-        w = conv.weight.detach().double()
-        gamma, beta = self.norm.weight.detach().double(), self.norm.bias.detach().double()
-        folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride)
-        with torch.no_grad():
-            # conv(γ⊙x̂ + β) = conv_{W·γ}(x̂) + Σ_{c,i,j} W[o,c,i,j]·β_c, exact because the conv has no padding.
-            folded.weight.copy_((w * gamma[None, :, None, None]).to(conv.weight.dtype))
-            folded.bias.copy_((conv.bias.detach().double() + (w * beta[None, :, None, None]).sum((1, 2, 3))).to(conv.bias.dtype))
-        return nn.Sequential(ChannelNorm2d(self.norm.eps), folded.requires_grad_(False))
+        folded = fold_affine_into_conv(self.conv, in_scale=self.norm.weight, in_shift=self.norm.bias)
+        return nn.Sequential(ChannelNorm2d(self.norm.eps), folded)
 
 
 class ChannelMlp(nn.Module):
@@ -357,9 +349,7 @@ class _SDTAEncoderNCHW(nn.Module):
         if self.pos_embed is not None:
             y = y + self.pos_embed(height, width)
         qkv = self.qkv(self.norm(y)).reshape(batch, 3, self.num_heads, self.head_dim, height * width)
-        q, k, v = qkv.unbind(1)  # (B, heads, d, N) each
-        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * self.temperature
-        attended = attn.softmax(dim=-1) @ v  # (B, heads, d, N)
+        attended = channel_attention(*qkv.unbind(1), self.temperature)  # q, k, v and result: (B, heads, d, N)
         y = y + self.proj(attended.reshape(batch, channels, height, width))
         return x + self.mlp(y)
 
