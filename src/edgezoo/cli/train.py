@@ -27,7 +27,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data", str, "'digits' (bundled) or an ImageFolder dir (DIR/train + DIR/val, or DIR/<class>/)"),
     "--epochs": ("epochs", int, "number of epochs (default: the family's digits preset on digits, else 30)"),
     "--batch-size": ("batch_size", int, "images per step per process (default 64)"),
-    "--img-size": ("img_size", int, "training resolution (default: 64/32 px on digits, else the model's)"),
+    "--img-size": ("img_size", int, "training resolution (default: the family's digits size, 64 or 16 px, on digits, else the model's)"),
     "--lr": ("lr", float, "peak learning rate (default: the family's, scaled by batch size)"),
     "--weight-decay": ("weight_decay", float, "decoupled/L2 weight decay (default: the family's)"),
     "--optimizer": ("optimizer", str, "sgd | rmsprop | adamw (default: the family's)"),

@@ -127,8 +127,8 @@ _HYBRID = FamilyRecipe(
 # of 4×4 source pixels. 4-px patches (16 tokens of 2×2 pixels) cost ViT-Ti 3.4× more per image and learned more
 # slowly per epoch (59 % vs 91 % after 6 epochs), so they do not fit the time budget. Mixer-S's token MLP is
 # 256 wide whatever the grid, so its cost hardly falls with fewer tokens (~50 s CPU per epoch at 4 tokens). It
-# learns fast (90 % after one epoch) but ended at 97.8 % (EMA) after 4, so it gets 5 (98.0 %), already 255 s of
-# CPU on one thread: the time budget holds only if two threads run it >= 1.4x faster.
+# learns fast (90 % after one epoch) but ended at 97.8 % (EMA) after 4, so it gets 5 (98.0 %): 2 min 18 s on two
+# threads, the slowest default digits run (BENCHMARKS.md).
 _VIT = FamilyRecipe(
     optimizer="adamw", lr_per_256=4e-3, weight_decay=0.05, warmup_epochs=2, grad_clip=1.0, drop_path=0.0,
     digits_img_size=16, digits_epochs=20, digits_scale_min=0.9, digits_model_kwargs=(("patch_size", 8),),
