@@ -280,3 +280,27 @@ def test_embedded_tokens_match_timm_exactly(size):
 def test_layer_norm_eps_is_the_reference_one():
     norms = [m for m in edgezoo.create_model(TINY, global_pool="avg").modules() if isinstance(m, torch.nn.LayerNorm)]
     assert len(norms) == 2 * 12 + 1 and all(m.eps == 1e-6 for m in norms)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (96, 160)])
+def test_fused_class_token_last_block_matches_timm(size):
+    """fuse() runs the last block for the class token only; logits still equal timm's, features stay complete."""
+    from edgezoo.deploy import fuse
+
+    ref, ours = pair_from_timm(TINY)
+    fused, report = fuse(ours, return_report=True)
+    assert fused.class_token_last_block and not ours.class_token_last_block
+    assert any("class token only" in r for r in report.rewritten)
+    assert set(fused.state_dict()) == set(ours.state_dict())
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        assert_close(fused(x), ours(x) if size != (224, 224) else ref(x), what="fused logits")
+        assert fused.forward_features(x).shape == ours.forward_features(x).shape
+    # Average pooling reads every token: the full last block must run again.
+    fused.reset_classifier(5, global_pool="avg")
+    with torch.no_grad():
+        expected = fused.forward_head(fused.forward_features(x))
+        assert_close(fused(x), expected, what="avg-pool logits after reset_classifier")
+    # Nothing to skip when the model pools by average from the start.
+    _, avg_report = fuse(edgezoo.create_model(TINY, global_pool="avg", num_classes=3), return_report=True)
+    assert not any("class token only" in r for r in avg_report.rewritten)

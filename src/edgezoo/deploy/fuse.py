@@ -17,7 +17,9 @@ A BatchNorm that follows no foldable layer (e.g. after an addition) is replaced 
 Then every module that offers a ``deploy_form()`` method is replaced by what it returns: an inference-only
 module computing the same function in a form engines run faster, e.g. EdgeNeXt's blocks without their
 channels-last permutes, with LayerNorm affines and layer scales folded into the 1×1 convs around them. The
-outermost such module wins (its deploy form takes care of its children).
+outermost such module wins (its deploy form takes care of its children). Finally a model offering
+``deploy_logits_only()`` may make ``forward`` skip what its logits never read (ViT with token pooling runs its
+last block for the class token only); ``forward_features`` is left computing everything.
 """
 from __future__ import annotations
 
@@ -163,6 +165,13 @@ def fuse(
         _replace_leftover_bns(out, report)
         if deploy_forms:
             _apply_deploy_forms(out, report)
+            # A model may also drop work its logits never read (ViT with token pooling: the last block for the
+            # class token only); forward_features keeps computing everything.
+            logits_only = getattr(out, "deploy_logits_only", None)
+            if callable(logits_only):
+                note = logits_only()
+                if note:
+                    report.rewritten.append(note)
     left = remaining_batchnorms(out)
     if left:
         raise ValueError(f"fuse: BatchNorm subclasses with custom forward cannot be folded: {left[:5]}")
