@@ -173,6 +173,34 @@ def test_optimize_auto_picks_a_measured_backend(name):
         assert rel_diff(engine(x), model(x)) <= 1e-3
 
 
+@pytest.mark.parametrize("preferred", ["forms/nchw", "fold_only/nchw", "fold_only/nhwc"])
+def test_optimize_eager_measures_fold_only_against_inference_forms(monkeypatch, preferred):
+    """fuse()'s inference forms target graph engines; the eager candidate must also try the fold-only copy."""
+    if "edgenext_xx_small" not in ALL:
+        pytest.skip("edgenext_xx_small not registered yet")
+    opt_mod = importlib.import_module("edgezoo.deploy.optimize")  # the module; the package exports the function
+
+    seen = {}
+
+    def fake_timer(runners, **kwargs):
+        seen.update(runners)
+        for run in runners.values():
+            run()
+        return {k: (0.0 if k == preferred else 1.0) for k in runners}
+
+    monkeypatch.setattr(opt_mod, "time_interleaved", fake_timer)
+    model = small_model("edgenext_xx_small")
+    x = _x()
+    engine = optimize(model, x, backend="eager", repeats=3)
+    assert set(seen) == {"forms/nchw", "forms/nhwc", "fold_only/nchw", "fold_only/nhwc"}
+    rewritten = any(type(m).__name__.endswith("NCHW") for m in engine._model.modules())
+    assert rewritten == preferred.startswith("forms/")
+    assert engine._channels_last == preferred.endswith("nhwc")
+    assert remaining_batchnorms(engine._model) == []
+    with torch.no_grad():
+        assert rel_diff(engine(x), model(x)) <= 1e-3
+
+
 def test_optimize_bad_backend():
     with pytest.raises(ValueError, match="backend"):
         optimize(nn.Conv2d(3, 3, 1), _x(), backend="tensorrt")

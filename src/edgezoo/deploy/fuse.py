@@ -20,6 +20,11 @@ channels-last permutes, with LayerNorm affines and layer scales folded into the 
 outermost such module wins (its deploy form takes care of its children). Finally a model offering
 ``deploy_logits_only()`` may make ``forward`` skip what its logits never read (ViT with token pooling runs its
 last block for the class token only); ``forward_features`` is left computing everything.
+
+The inference forms are written for graph engines (ONNX Runtime, OpenVINO), where they were measured to pay. In
+eager PyTorch they can cost: EdgeNeXt's channels-first blocks run 1.4× slower there than the channels-last
+training form, whose LayerNorms and Linears are single fast aten kernels. ``fuse(model, deploy_forms=False)`` only
+folds; :func:`edgezoo.deploy.optimize` measures both for its eager candidate.
 """
 from __future__ import annotations
 

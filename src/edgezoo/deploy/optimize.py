@@ -2,12 +2,14 @@
 
 Which engine is fastest depends on the model (depthwise convs vs GEMMs vs attention), the input size, the batch
 and the CPU; no fixed rule gets it right, so ``backend="auto"`` builds each available candidate on the BN-folded
-model, checks its outputs against eager PyTorch and times them **interleaved** (one call of each in turn, so load
-from other processes hits all candidates alike), then keeps the one with the lowest median latency.
+model, checks its outputs against eager PyTorch and times them **interleaved** (turns of back-to-back calls in a
+random order each round, so load from other processes hits all candidates alike), then keeps the one with the
+lowest median latency.
 
 Candidates:
 
-* ``eager``       — BN-folded PyTorch under ``inference_mode``, channels_last when that measures faster;
+* ``eager``       — BN-folded PyTorch under ``inference_mode``; with or without ``fuse()``'s inference forms and
+                    channels_last, whichever measures faster;
 * ``compile``     — ``torch.compile`` (Inductor, weights frozen as constants); slow to build (tens of seconds),
                     so ``auto`` tries it only when asked (``candidates=``);
 * ``onnxruntime`` — ONNX Runtime CPU with every graph optimization;
@@ -253,19 +255,16 @@ def optimize(
     model = model.eval()
     with torch.inference_mode():
         expected = model(example_input)
-    folded = fuse(model)
+    folded, report = fuse(model, return_report=True)
 
-    # channels_last helps oneDNN convolutions in eager mode but slows token models; measure rather than assume.
     channels_last = False
+    eager_model = folded
     runners: dict[str, Runner] = {}
     for name in wanted:
-        if name == "eager" and _has_conv(folded):
-            plain, cl = _eager_runner(folded, False), _eager_runner(_copy(folded), True)
-            t = time_interleaved(
-                {"nchw": lambda: plain(example_input), "nhwc": lambda: cl(example_input)}, repeats=max(3, repeats // 2), block=block
+        if name == "eager":
+            eager_model, channels_last, runners[name] = _pick_eager(
+                model, folded, bool(report.rewritten), example_input, repeats, block
             )
-            channels_last = t["nhwc"] < t["nchw"]
-            runners[name] = cl if channels_last else plain
             continue
         try:
             if name == "openvino":  # both configurations from one export
@@ -299,14 +298,39 @@ def optimize(
         timings = {}
     best = min(timings, key=timings.get) if timings else next(iter(runners))
     engine_name = best.split("/")[0]
-    if engine_name == "eager" and channels_last:
-        folded = folded.to(memory_format=torch.channels_last)
+    eager = engine_name == "eager"
     engine = OptimizedModel(
         backend=engine_name, timings_ms=timings, max_rel_diff=diffs[best], threads=threads, variant=best,
-        _model=folded, _channels_last=channels_last,
+        _model=eager_model if eager else folded, _channels_last=channels_last and eager,
     )
     engine._runners[tuple(example_input.shape) if engine_name in ("onnxruntime", "openvino") else ()] = runners[best]
     return engine
+
+
+def _pick_eager(
+    model: nn.Module, folded: nn.Module, has_forms: bool, example: Tensor, repeats: int, block: int
+) -> tuple[nn.Module, bool, Runner]:
+    """The fastest eager-PyTorch form of ``model``: ``(module, channels_last, runner)``, chosen by measurement.
+
+    ``fuse()``'s inference forms are written for graph engines; in eager PyTorch some pay (ViT's class-token last
+    block) and some cost (EdgeNeXt's channels-first blocks: 1.4× slower than its channels-last training form,
+    whose LayerNorms and Linears are fast aten kernels), so when ``fuse`` rewrote anything the fold-only copy is
+    a candidate too. channels_last helps oneDNN convolutions but slows token models; measured as well.
+    """
+    forms = {"forms": folded}
+    if has_forms:
+        forms["fold_only"] = fuse(model, deploy_forms=False)
+    layouts = (False, True) if _has_conv(folded) else (False,)
+    options: dict[str, tuple[nn.Module, bool, Runner]] = {}
+    for form, module in forms.items():
+        for cl in layouts:
+            m = _copy(module) if cl else module
+            options[f"{form}/{'nhwc' if cl else 'nchw'}"] = (m, cl, _eager_runner(m, cl))
+    if len(options) == 1:
+        return next(iter(options.values()))
+    t = time_interleaved({k: (lambda r=o[2]: r(example)) for k, o in options.items()},
+                         repeats=max(3, repeats // 2), block=block)
+    return options[min(t, key=t.get)]
 
 
 def _copy(model: nn.Module) -> nn.Module:
