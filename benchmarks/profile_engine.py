@@ -1,9 +1,14 @@
-"""Where the time goes: per-operator-type share of ONNX Runtime latency for edgezoo's BN-folded model.
+"""Where the time goes: per-operator-type share of an engine's latency for edgezoo's folded model.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/profile_engine.py mobilevit_xxs edgenext_xx_small --threads 2
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/profile_engine.py vit_tiny_patch16_224 --engine openvino --nodes blocks.5/
 
-Uses ONNX Runtime's built-in profiler (per-node kernel times), sums them by operator type over 20 runs at batch 1
-and the model's default resolution, and prints a markdown table per model.
+The model is ``fuse(model)`` (what optimize() hands the engines), at batch 1 and its default resolution.
+ONNX Runtime: its built-in profiler's per-node kernel times. OpenVINO: ``PERF_COUNT`` per-node real times with
+the settings optimize() uses (LATENCY hint, fp32, pinned threads), grouped by node type *and* the kernel
+OpenVINO chose (e.g. ``FullyConnected/gemm_mlas_f32``; "Subgraph" nodes are its fused elementwise/attention
+kernels). Both are summed over 20 runs after warm-up and printed as a markdown table per model; ``--nodes S``
+also lists every OpenVINO node whose name contains S (e.g. one transformer block).
 """
 from __future__ import annotations
 
@@ -52,17 +57,67 @@ def profile(name: str, threads: int, runs: int = 20) -> list[tuple[str, float, i
     return [(op, ms, count[op] // (runs + 5)) for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])], total
 
 
+def profile_openvino(name: str, threads: int, runs: int = 20, nodes: str | None = None):
+    import openvino as ov
+
+    model = edgezoo.create_model(name).eval()
+    size = model.default_cfg["input_size"][1]
+    x = torch.randn(1, 3, size, size)
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        with open(path, "wb") as fh:
+            fh.write(onnx_bytes(fuse(model), x))
+        compiled = core.compile_model(core.read_model(path), "CPU", {
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+            "ENABLE_CPU_PINNING": True, "PERF_COUNT": True,
+        })
+    request = compiled.create_infer_request()
+    feed = {0: x.numpy()}
+    for _ in range(10):
+        request.infer(feed)
+    per_op: dict[str, float] = collections.defaultdict(float)
+    count: dict[str, int] = collections.defaultdict(int)
+    for _ in range(runs):
+        request.infer(feed)
+        for info in request.profiling_info:
+            op = f"{info.node_type}/{info.exec_type}"
+            per_op[op] += info.real_time.total_seconds() * 1e3 / runs
+            count[op] += 1
+    listed = []
+    if nodes:
+        listed = [(info.node_name, info.node_type, info.exec_type, info.real_time.total_seconds() * 1e3)
+                  for info in request.profiling_info if nodes in info.node_name]
+    total = sum(per_op.values())
+    rows = [(op, ms, count[op] // runs) for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1]) if ms > 0]
+    return rows, total, listed
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--engine", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    p.add_argument("--nodes", default=None, help="OpenVINO: also list the nodes whose name contains this")
+    p.add_argument("--top", type=int, default=8, help="rows per table")
     args = p.parse_args(argv)
     for name in args.models:
-        rows, total = profile(name, args.threads)
-        print(f"\n**{name}** (ONNX Runtime, {args.threads} threads, kernel time {total:.1f} ms per run)\n")
+        listed = []
+        if args.engine == "openvino":
+            rows, total, listed = profile_openvino(name, args.threads, nodes=args.nodes)
+            what = "OpenVINO PERF_COUNT, node real time"
+        else:
+            rows, total = profile(name, args.threads)
+            what = "ONNX Runtime, kernel time"
+        print(f"\n**{name}** ({what} {total:.1f} ms per run, {args.threads} threads)\n")
         print("| op type | nodes | ms per run | share |\n|---|---|---|---|")
-        for op, ms, n in rows[:8]:
+        for op, ms, n in rows[: args.top]:
             print(f"| {op} | {n} | {ms:.2f} | {ms / total * 100:.0f}% |")
+        if listed:
+            print("\n| node | type | kernel | ms |\n|---|---|---|---|")
+            for node, kind, kernel, ms in listed:
+                if ms > 0:
+                    print(f"| {node} | {kind} | {kernel} | {ms:.3f} |")
     return 0
 
 
