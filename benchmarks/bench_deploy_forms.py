@@ -21,7 +21,7 @@ import edgezoo
 from edgezoo.bench import device_description
 from edgezoo.deploy import fuse
 from edgezoo.deploy.export import onnx_bytes, rel_diff
-from edgezoo.deploy.optimize import _openvino_runner, time_interleaved
+from edgezoo.deploy.optimize import _eager_runner, _openvino_runner, time_interleaved
 from edgezoo.registry import get_entry
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -37,18 +37,12 @@ def compare(name: str, threads: int, repeats: int, block: int) -> dict:
     with torch.inference_mode():
         diff = rel_diff(with_forms(x), fold_only(x))
 
-    def eager(m: torch.nn.Module):
-        def run() -> torch.Tensor:
-            with torch.inference_mode():
-                return m(x)
-
-        return run
-
+    eager_forms, eager_fold = _eager_runner(with_forms, False), _eager_runner(fold_only, False)
     ov_forms = _openvino_runner(with_forms, x, threads, True, onnx=onnx_bytes(with_forms, x))
     ov_fold = _openvino_runner(fold_only, x, threads, True, onnx=onnx_bytes(fold_only, x))
     t = time_interleaved(
         {"openvino_forms": lambda: ov_forms(x), "openvino_fold_only": lambda: ov_fold(x),
-         "eager_forms": eager(with_forms), "eager_fold_only": eager(fold_only)},
+         "eager_forms": lambda: eager_forms(x), "eager_fold_only": lambda: eager_fold(x)},
         warmup=5, repeats=repeats, block=block, gap_s=0.02,
     )
     return dict(

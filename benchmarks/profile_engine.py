@@ -23,6 +23,7 @@ import torch
 import edgezoo
 from edgezoo.deploy import fuse
 from edgezoo.deploy.export import onnx_bytes
+from edgezoo.deploy.optimize import openvino_compile
 
 
 def profile(name: str, threads: int, runs: int = 20) -> list[tuple[str, float, int]]:
@@ -58,20 +59,10 @@ def profile(name: str, threads: int, runs: int = 20) -> list[tuple[str, float, i
 
 
 def profile_openvino(name: str, threads: int, runs: int = 20, nodes: str | None = None):
-    import openvino as ov
-
     model = edgezoo.create_model(name).eval()
     size = model.default_cfg["input_size"][1]
     x = torch.randn(1, 3, size, size)
-    core = ov.Core()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        with open(path, "wb") as fh:
-            fh.write(onnx_bytes(fuse(model), x))
-        compiled = core.compile_model(core.read_model(path), "CPU", {
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-            "ENABLE_CPU_PINNING": True, "PERF_COUNT": True,
-        })
+    compiled = openvino_compile(onnx_bytes(fuse(model), x), threads, pinned=True, extra_config={"PERF_COUNT": True})
     request = compiled.create_infer_request()
     feed = {0: x.numpy()}
     for _ in range(10):

@@ -137,29 +137,34 @@ def _ort_runner(model: nn.Module, example: Tensor, threads: int) -> Runner:
     return run
 
 
+def openvino_compile(onnx: bytes, threads: int, pinned: bool = False, extra_config: dict | None = None):
+    """An OpenVINO CPU ``CompiledModel`` for an ONNX export, with the settings every edgezoo OpenVINO path uses.
+
+    ``extra_config`` adds OpenVINO properties (e.g. ``{"PERF_COUNT": True}`` for profiling) on top of them.
+    """
+    ov = require("openvino")
+    core = ov.Core()
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",  # the contract is fp32 outputs, not whatever the CPU likes
+        "INFERENCE_NUM_THREADS": int(threads),
+        # Pinning keeps OpenVINO's workers on their cores between calls; on small machines it is often
+        # worth 5-30 % at batch 1, but it fights other thread pools in the process, so auto measures it.
+        "ENABLE_CPU_PINNING": bool(pinned),
+        **(extra_config or {}),
+    }
+    with tempfile.TemporaryDirectory(prefix="edgezoo-ov-") as tmp:
+        onnx_path = os.path.join(tmp, "model.onnx")
+        with open(onnx_path, "wb") as fh:
+            fh.write(onnx)
+        return core.compile_model(core.read_model(onnx_path), "CPU", config)
+
+
 def _openvino_runner(
     model: nn.Module, example: Tensor, threads: int, pinned: bool = False, *, onnx: bytes | None = None
 ) -> Runner:
     """OpenVINO CPU engine for ``model`` at ``example``'s shape; ``onnx``: its export, if already made."""
-    ov = require("openvino")
-    core = ov.Core()
-    with tempfile.TemporaryDirectory(prefix="edgezoo-ov-") as tmp:
-        onnx_path = os.path.join(tmp, "model.onnx")
-        with open(onnx_path, "wb") as fh:
-            fh.write(onnx if onnx is not None else onnx_bytes(model, example))
-        ov_model = core.read_model(onnx_path)
-        compiled = core.compile_model(
-            ov_model,
-            "CPU",
-            {
-                "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_PRECISION_HINT": "f32",  # the contract is fp32 outputs, not whatever the CPU likes
-                "INFERENCE_NUM_THREADS": int(threads),
-                # Pinning keeps OpenVINO's workers on their cores between calls; on small machines it is often
-                # worth 5-30 % at batch 1, but it fights other thread pools in the process, so auto measures it.
-                "ENABLE_CPU_PINNING": bool(pinned),
-            },
-        )
+    compiled = openvino_compile(onnx if onnx is not None else onnx_bytes(model, example), threads, pinned)
     request = compiled.create_infer_request()
 
     def run(x: Tensor) -> Tensor:
