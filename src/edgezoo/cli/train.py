@@ -46,7 +46,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--train-subset": ("train_subset", int, "train on only this many images (smoke tests)"),
     "--val-subset": ("val_subset", int, "validate on only this many images"),
     "--device": ("device", str, "cpu | cuda | cuda:N (default: cuda if available)"),
-    "--teacher": ("teacher", str, "teacher model name for knowledge distillation"),
+    "--teacher": ("teacher", str, "teacher model name for knowledge distillation (needs --teacher-checkpoint)"),
     "--teacher-checkpoint": ("teacher_checkpoint", str, "teacher weights: a run dir or weights file"),
     "--kd-alpha": ("kd_alpha", float, "weight of the distillation term (default 0.5)"),
     "--kd-temperature": ("kd_temperature", float, "distillation temperature (default 4)"),
@@ -56,6 +56,8 @@ _BOOL_FLAGS = {
     "channels_last": "NHWC memory format; default on for CUDA convnets",
     "ema": "keep an EMA of the weights (default on)",
     "hflip": "random horizontal flips (default on, off for digits)",
+    "teacher_random_init": "distil from a randomly initialised --teacher when no --teacher-checkpoint is given "
+                           "(default off: refused, as such a teacher teaches nothing; only for testing the wiring)",
 }
 
 
@@ -181,7 +183,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        default=S, help=help_)
     p.add_argument("--model-kwarg", dest="model_kwarg", action="append", type=_parse_kv, default=S,
                    metavar="KEY=VALUE", help="family-specific create_model override, e.g. patch_size=4 (repeatable)")
-    p.add_argument("--resume", action="store_true", default=S, help="continue the run in --out")
+    p.add_argument("--resume", action="store_true", default=S,
+                   help="continue the run in --out with its saved settings (config.yaml); a finished run says so")
     p.add_argument("--no-progress", action="store_true", default=S, help="no progress bars or summary table")
     p.add_argument("--json", action="store_true", help="print the final report as JSON")
     p.set_defaults(func=cmd_train)

@@ -67,6 +67,8 @@ class TrainConfig:
     # knowledge distillation
     teacher: str | None = None
     teacher_checkpoint: str | None = None
+    # A teacher without weights only adds noise to the loss; it must be asked for (to test the wiring).
+    teacher_random_init: bool = False
     kd_alpha: float = 0.5  # weight of the soft-target KL term; the hard-label CE gets 1 - kd_alpha
     kd_temperature: float = 4.0
     # runtime
@@ -207,6 +209,15 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {cfg.optimizer!r}")
     if cfg.teacher_checkpoint is not None and cfg.teacher is None:
         raise ValueError("teacher_checkpoint was given without teacher (the teacher's model name)")
+    if cfg.teacher_random_init and cfg.teacher is None:
+        raise ValueError("teacher_random_init=True was given without teacher (the teacher's model name)")
+    if cfg.teacher_random_init and cfg.teacher_checkpoint is not None:
+        raise ValueError(f"teacher_random_init=True contradicts teacher_checkpoint={cfg.teacher_checkpoint!r}; "
+                         "give one or the other")
+    if cfg.teacher is not None and cfg.teacher_checkpoint is None and not cfg.teacher_random_init:
+        raise ValueError(f"teacher={cfg.teacher!r} needs teacher_checkpoint (--teacher-checkpoint RUN_DIR or "
+                         "weights file): a randomly initialised teacher teaches nothing; pass "
+                         "teacher_random_init=True (--teacher-random-init) to distil from one anyway")
     if not isinstance(cfg.model_kwargs, dict):
         raise ValueError(f"model_kwargs must be a mapping, got {cfg.model_kwargs!r}")
     return cfg
@@ -293,5 +304,9 @@ def config_to_yaml(cfg: TrainConfig) -> str:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A validated config from a saved run's settings (``config.yaml`` or the state file)."""
     known = {k: v for k, v in data.items() if k in _FIELD_TYPES}
+    if known.get("teacher") and known.get("teacher_checkpoint") is None and "teacher_random_init" not in known:
+        # Runs saved before teacher_random_init existed distilled from a random teacher; resuming keeps that.
+        known["teacher_random_init"] = True
     return validate_config(TrainConfig(**known))

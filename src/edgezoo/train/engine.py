@@ -46,6 +46,9 @@ from .config import TrainConfig, config_from_dict, config_to_yaml, resolve_confi
 from .data import DataBundle, batch_mixer, build_datasets, skip_none_collate
 from .distill import TeacherAdapter, distillation_loss
 
+CONFIG_FILE = "config.yaml"
+REPORT_FILE = "report.json"
+_WEIGHTS_WORDS = {"ema": "EMA", "raw": "raw"}
 METRIC_COLUMNS = ("epoch", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "ema_top1", "epoch_seconds",
                   "train_img_per_s")
 
@@ -319,7 +322,8 @@ def _build_teacher(cfg: TrainConfig, num_classes: int, student_cfg: dict[str, An
             teacher = create_model(cfg.teacher, num_classes=num_classes, checkpoint=cfg.teacher_checkpoint)
             mean, std = teacher.default_cfg["mean"], teacher.default_cfg["std"]
     else:
-        # A teacher without weights teaches nothing useful, but the option allows testing the wiring.
+        # Only with teacher_random_init (validate_config refuses it otherwise): a teacher without weights teaches
+        # nothing useful, but the option allows testing the wiring.
         teacher = create_model(cfg.teacher, num_classes=num_classes)
         mean, std = teacher.default_cfg["mean"], teacher.default_cfg["std"]
     return TeacherAdapter(teacher, student_mean=student_cfg["mean"], student_std=student_cfg["std"],
@@ -372,15 +376,24 @@ def train(cfg: TrainConfig, *, explicit: set[str] | None = None) -> dict[str, An
     if not cfg.resume and (out / STATE_FILE).exists():
         raise ValueError(f"--out {str(out)!r} already holds a training run; pass --resume to continue it, "
                          "or choose another --out")
-    if state is not None:
-        saved = config_from_dict(state["config"])
-        for name in sorted(explicit or ()):
+    if cfg.resume:
+        # The saved recipe wins over every default: the state file's copy once an epoch has finished, else the
+        # config.yaml written when the run started (a run stopped during its first epoch has only that).
+        saved = config_from_dict(state["config"]) if state is not None else _saved_run_config(out)
+        explicit = set(explicit or ())
+        for name in sorted(explicit):
             if name in ("resume", "out", "progress", "device"):
                 continue
             if getattr(cfg, name) != getattr(saved, name):
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r} differs from the run being "
                                  f"resumed ({getattr(saved, name)!r}); a resumed run keeps its recipe")
-        cfg = saved.__class__(**{**saved.to_dict(), "resume": True, "out": cfg.out, "progress": cfg.progress})
+        device = cfg.device if "device" in explicit else saved.device  # the one setting a resume may change
+        cfg = saved.__class__(**{**saved.to_dict(), "resume": True, "out": cfg.out, "progress": cfg.progress,
+                                 "device": device})
+        if state is not None and int(state["epoch"]) >= int(cfg.epochs):
+            finished = _finished_report(out)
+            if finished is not None:
+                return finished
 
     entry = get_entry(cfg.model)  # unknown names → ValueError with suggestions
     rt = setup_runtime(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -390,6 +403,55 @@ def train(cfg: TrainConfig, *, explicit: set[str] | None = None) -> dict[str, An
     finally:
         if rt.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _saved_run_config(out: Path) -> TrainConfig:
+    """The settings of the run in ``out`` that has no finished epoch yet, from its ``config.yaml``."""
+    path = out / CONFIG_FILE
+    if not out.is_dir():
+        raise FileNotFoundError(f"nothing to resume: --out {str(out)!r} does not exist; start a run with "
+                                f"`edgezoo train --model NAME --out {out}` (without --resume)")
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume in {str(out)!r}: it holds no {STATE_FILE} or {CONFIG_FILE} of a "
+                                f"training run; start one with `edgezoo train --model NAME --out {out}` "
+                                "(without --resume)")
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot resume: {str(path)!r} could not be read: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"cannot resume: {str(path)!r} does not hold a run's settings")
+    return config_from_dict(data)
+
+
+def _finished_report(out: Path) -> dict[str, Any] | None:
+    """The report of a run whose every epoch is done (``None`` if it was stopped before writing it)."""
+    try:
+        report = json.loads((out / REPORT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if os.environ.get("RANK", "0") == "0":
+        print(finished_message(report, out), flush=True)
+    return report
+
+
+def finished_message(report: dict[str, Any], out: Path) -> str:
+    return (f"{out}: already finished: best top-1 {report['best_top1']:.2f}% (epoch {report['best_epoch']}, "
+            f"{_WEIGHTS_WORDS.get(report.get('weights'), 'saved')} weights) after {report['epochs']} epochs; nothing "
+            f"to resume. Outputs: {out / 'best.safetensors'}, {out / REPORT_FILE}")
+
+
+def _pick_weights(raw: dict[str, Any], ema: dict[str, Any] | None) -> str:
+    """Which weights to deliver after an evaluation: the EMA unless the raw weights score higher on validation.
+
+    The EMA usually generalises better late in a run, but in short runs (and with distillation) it can lag far
+    behind the raw weights; keeping the better of the two means ``best.safetensors`` is never the worse model.
+    """
+    if ema is None or raw["top1"] > ema["top1"]:
+        return "raw"
+    return "ema"
 
 
 def _train(cfg: TrainConfig, entry: Any, rt: Runtime, state: dict[str, Any] | None, create_model: Any) -> dict:
@@ -445,6 +507,7 @@ def _train(cfg: TrainConfig, entry: Any, rt: Runtime, state: dict[str, Any] | No
 
     history: list[dict[str, Any]] = []
     start_epoch, best_top1, best_epoch, train_seconds = 0, -1.0, -1, 0.0
+    best_weights = "ema" if ema is not None else "raw"
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -455,6 +518,8 @@ def _train(cfg: TrainConfig, entry: Any, rt: Runtime, state: dict[str, Any] | No
         set_rng_state(state["rng"][rt.rank] if rt.rank < len(state["rng"]) else state["rng"][0])
         start_epoch = int(state["epoch"])
         best_top1, best_epoch = float(state["best_top1"]), int(state["best_epoch"])
+        # states written before the EMA-or-raw choice always delivered the EMA when it was on
+        best_weights = str(state.get("best_weights", best_weights))
         train_seconds = float(state["train_seconds"])
         history = [dict(h) for h in state["history"]]
 
@@ -464,13 +529,14 @@ def _train(cfg: TrainConfig, entry: Any, rt: Runtime, state: dict[str, Any] | No
 
         net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
-    deliverable = "ema" if ema is not None else "raw"
     meta_common = dict(model=cfg.model, classes=classes, img_size=img_size, in_chans=in_chans,
                        model_kwargs=cfg.model_kwargs, mean=mean, std=std, crop_pct=crop_pct,
-                       interpolation=interpolation, weights=deliverable)
+                       interpolation=interpolation)
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode())
+        if not cfg.resume or not (out / CONFIG_FILE).is_file():  # a resumed run keeps the file it started with
+            atomic_write_bytes(out / CONFIG_FILE, config_to_yaml(cfg).encode())
+    if rt.main and start_epoch < cfg.epochs:
         print(f"training {cfg.model} ({n_params / 1e6:.2f}M params, {macs / 1e6:.1f}M MACs at {img_size}px) on "
               f"{cfg.data}: {len(data.train)} train / {len(data.val)} val images, {num_classes} classes, "
               f"{cfg.epochs} epochs, {cfg.optimizer} lr {cfg.lr:.4g}, world size {rt.world_size}, "
@@ -543,28 +609,30 @@ def _train(cfg: TrainConfig, entry: Any, rt: Runtime, state: dict[str, Any] | No
                              channels_last=cfg.channels_last)
         ema_eval = evaluate_model(ema.module, val_loader, num_classes=num_classes, rt=rt, amp=cfg.amp,
                                   channels_last=cfg.channels_last) if ema is not None else None
-        final_eval = ema_eval if ema_eval is not None else raw
+        # deliver whichever of the EMA and the raw weights is better on validation at this evaluation
+        chosen = _pick_weights(raw, ema_eval)
+        final_eval = ema_eval if chosen == "ema" else raw
         epoch_s = time.perf_counter() - t0
         train_seconds += epoch_s
         row = {"epoch": epoch + 1, "train_loss": loss_sum[0].item() / max(1.0, loss_sum[1].item()),
                "lr": float(scheduler.get_last_lr()[0]), "val_loss": raw["loss"], "val_top1": raw["top1"],
                "val_top5": raw["top5"], "ema_top1": ema_eval["top1"] if ema_eval else None,
                "epoch_seconds": epoch_s, "train_img_per_s": loss_sum[1].item() / max(epoch_train_s, 1e-9),
-               "final_top1": final_eval["top1"], "final_top5": final_eval["top5"]}
+               "final_top1": final_eval["top1"], "final_top5": final_eval["top5"], "weights": chosen}
         history.append(row)
         improved = final_eval["top1"] > best_top1
         if improved:
-            best_top1, best_epoch = final_eval["top1"], epoch + 1
-        deliver = ema.module if ema is not None else model
+            best_top1, best_epoch, best_weights = final_eval["top1"], epoch + 1, chosen
+        deliver = ema.module if chosen == "ema" else model
         if rt.main:
-            meta = make_metadata(**meta_common, epoch=epoch + 1, top1=final_eval["top1"])
+            meta = make_metadata(**meta_common, weights=chosen, epoch=epoch + 1, top1=final_eval["top1"])
             save_weights(deliver, out / "last.safetensors", meta)
             if improved:
                 save_weights(deliver, out / "best.safetensors", meta)
             write_metrics_csv(out / "metrics.csv", history)
             write_curves_png(out / "curves.png", history, f"{cfg.model} on {cfg.data}")
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  val top-1 {raw['top1']:.2f}%"
-                  + (f"  EMA {ema_eval['top1']:.2f}%" if ema_eval else "")
+                  + (f"  EMA {ema_eval['top1']:.2f}% (keeping {_WEIGHTS_WORDS[chosen]})" if ema_eval else "")
                   + f"  lr {row['lr']:.3g}  {row['train_img_per_s']:.0f} img/s  {epoch_s:.1f}s", flush=True)
         rngs = [rng_state()]
         if rt.distributed:
@@ -576,14 +644,15 @@ def _train(cfg: TrainConfig, entry: Any, rt: Runtime, state: dict[str, Any] | No
                 "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else {}, "rng": rngs, "best_top1": best_top1,
-                "best_epoch": best_epoch, "train_seconds": train_seconds, "history": history,
+                "best_epoch": best_epoch, "best_weights": best_weights, "train_seconds": train_seconds, "history": history,
                 "config": cfg.to_dict(),
             }, out / STATE_FILE)
         if rt.distributed:
             dist.barrier()
 
     final = history[-1] if history else {}
-    deliver = ema.module if ema is not None else model
+    at_best = next((h for h in history if h["epoch"] == best_epoch), {})
+    deliver = model  # for the latency only: the EMA copy has the same architecture
     report = {
         "model": cfg.model,
         "data": cfg.data,
@@ -600,7 +669,10 @@ def _train(cfg: TrainConfig, entry: Any, rt: Runtime, state: dict[str, Any] | No
         "train_images": len(data.train),
         "val_images": len(data.val),
         "skipped_images": data.skipped,
-        "weights": deliverable,
+        "weights": best_weights,  # what best.safetensors holds: "ema" or "raw", the better on validation
+        "final_weights": final.get("weights", best_weights),
+        "raw_top1_at_best": None if at_best.get("val_top1") is None else round(at_best["val_top1"], 4),
+        "ema_top1_at_best": None if at_best.get("ema_top1") is None else round(at_best["ema_top1"], 4),
         "train_img_per_s": round(float(np.mean([h["train_img_per_s"] for h in history])), 1) if history else None,
         "world_size": rt.world_size,
         "device": str(rt.device),
@@ -608,10 +680,22 @@ def _train(cfg: TrainConfig, entry: Any, rt: Runtime, state: dict[str, Any] | No
     }
     if rt.main:
         report["latency_ms"] = round(measure_latency_ms(deliver, img_size, in_chans), 3)
-        atomic_write_bytes(out / "report.json", _json_bytes(report))
-        if cfg.progress:
+        atomic_write_bytes(out / REPORT_FILE, _json_bytes(report))
+        if start_epoch >= cfg.epochs:  # resumed after the last epoch, before the report was written
+            print(finished_message(report, out), flush=True)
+        elif cfg.progress:
             print_summary(report, out)
     return report
+
+
+def _weights_note(report: dict[str, Any]) -> str:
+    """Which weights ``best.safetensors`` holds, and the validation scores the choice was made on."""
+    raw, ema = report.get("raw_top1_at_best"), report.get("ema_top1_at_best")
+    if ema is None:
+        return "raw weights (no EMA kept)"
+    if report.get("weights") == "ema":
+        return f"EMA weights (EMA {ema:.2f}% >= raw {raw:.2f}% on validation)"
+    return f"raw weights (raw {raw:.2f}% > EMA {ema:.2f}% on validation)"
 
 
 def print_summary(report: dict[str, Any], out: Path) -> None:
@@ -622,8 +706,11 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
-        ("best val top-1", f"{report['best_top1']:.2f}% (epoch {report['best_epoch']})"),
-        ("final val top-1", f"{report['final_top1']:.2f}%"),
+        ("best val top-1", f"{report['best_top1']:.2f}% (epoch {report['best_epoch']}, "
+                           f"{_WEIGHTS_WORDS.get(report.get('weights'), '?')} weights)"),
+        ("saved as best.safetensors", _weights_note(report)),
+        ("final val top-1", f"{report['final_top1']:.2f}% ({_WEIGHTS_WORDS.get(report.get('final_weights'), '?')} "
+                            "weights)"),
         ("final val top-5", f"{report['final_top5']:.2f}%"),
         ("params", f"{report['params']:,}"),
         ("MACs / image", f"{report['macs'] / 1e6:.1f}M at {report['img_size']}px"),
