@@ -15,6 +15,8 @@ import os
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -198,42 +200,59 @@ def rows_as_dicts(rows: Sequence[BenchRow]) -> list[dict]:
     return [asdict(r) for r in rows]
 
 
-def pareto_plot(rows: Sequence[BenchRow], path: str | os.PathLike) -> None:
-    """Latency (batch-1 rows, else the smallest batch) against GMACs and, where known, ImageNet top-1."""
-    import matplotlib
+def pareto_figure(rows: Sequence[BenchRow]) -> Any:
+    """Latency (batch-1 rows, else the smallest batch) against GMACs and, where known, ImageNet top-1.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Models without a published top-1 appear on the GMACs panel only, and a note under the figure names them.
+    """
+    from .analysis.plots import add_note, annotate_points, new_figure
 
+    if not rows:
+        raise ValueError("rows must hold at least one benchmark row to plot")
     smallest = min(r.batch for r in rows)
     pts = [r for r in rows if r.batch == smallest]
     with_acc = [r for r in pts if r.imagenet_top1 is not None]
-    fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=(12 if with_acc else 6, 4.5), squeeze=False)
-    ax = axes[0][0]
-    ax.scatter([r.gmacs for r in pts], [r.median_ms for r in pts])
-    for r in pts:
-        ax.annotate(r.model, (r.gmacs, r.median_ms), fontsize=7)
+    fig = new_figure(figsize=(12 if with_acc else 6.5, 4.8))
+    axes = fig.subplots(1, 2 if with_acc else 1, squeeze=False)[0]
+    ax = axes[0]
+    ax.scatter([r.gmacs for r in pts], [r.median_ms for r in pts], s=22, zorder=3)
+    annotate_points(ax, [r.model for r in pts], [r.gmacs for r in pts], [r.median_ms for r in pts], log_x=False,
+                    fontsize=7)
+    ax.margins(x=0.08, y=0.1)
     ax.set_xlabel("GMACs per image")
     ax.set_ylabel(f"median latency, batch {smallest} (ms)")
     ax.set_title(f"latency vs compute ({pts[0].backend})")
+    ax.grid(True, alpha=0.3)
     if with_acc:
-        ax = axes[0][1]
-        ax.scatter([r.median_ms for r in with_acc], [r.imagenet_top1 for r in with_acc])
-        for r in with_acc:
-            ax.annotate(r.model, (r.median_ms, r.imagenet_top1), fontsize=7)
-        # Pareto front: no other model is both faster and more accurate.
-        front = sorted(with_acc, key=lambda r: r.median_ms)
-        best, line = -1.0, []
-        for r in front:
+        ax = axes[1]
+        xs, ys = [r.median_ms for r in with_acc], [r.imagenet_top1 for r in with_acc]
+        ax.scatter(xs, ys, s=22, zorder=3)
+        annotate_points(ax, [r.model for r in with_acc], xs, ys, log_x=False, fontsize=7)
+        # Pareto front: no other model is both faster and more accurate. Drawn as steps with rings on its models,
+        # so a front of a single model is visible too (its legend entry never stands for nothing).
+        best, front = -1.0, []
+        for r in sorted(with_acc, key=lambda r: r.median_ms):
             if r.imagenet_top1 > best:
                 best = r.imagenet_top1
-                line.append(r)
-        ax.plot([r.median_ms for r in line], [r.imagenet_top1 for r in line], "r--", label="Pareto front")
+                front.append(r)
+        ax.step([r.median_ms for r in front], [r.imagenet_top1 for r in front], where="post", color="tab:red",
+                linestyle="--", marker="o", markersize=9, markerfacecolor="none", alpha=0.8, label="Pareto front")
+        ax.margins(x=0.08, y=0.1)
         ax.set_xlabel(f"median latency, batch {smallest} (ms)")
         ax.set_ylabel("ImageNet-1k top-1 (%) of reference weights")
-        ax.legend()
+        ax.legend(fontsize=8, loc="best")
         ax.set_title("accuracy vs latency")
+        ax.grid(True, alpha=0.3)
+        missing = sorted({r.model for r in pts if r.imagenet_top1 is None})
+        if missing:
+            add_note(fig, f"not on the accuracy panel (no published ImageNet top-1): {', '.join(missing)}")
     fig.suptitle(device_description(), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def pareto_plot(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
+    """Write :func:`pareto_figure` to ``path`` (.png, .pdf or .svg), atomically, cropped to what is drawn."""
+    from .analysis.plots import save_figure
+
+    return save_figure(pareto_figure(rows), path)

@@ -9,7 +9,14 @@ model with hardware presets and host calibration, ridge-point sweeps and plots.
 >>> roofline(p, get_hardware("phone_cpu")).latency_ms  # doctest: +SKIP
 """
 from .hardware import PRESETS, Hardware, cache_dir, calibrate, get_hardware, load_host, save_host
-from .plots import plot_pareto, plot_ridge_sweep
+from .plots import (
+    format_mac_rate,
+    pareto_figure,
+    plot_pareto,
+    plot_ridge_sweep,
+    points_without,
+    ridge_sweep_figure,
+)
 from .profiler import ConvGeometry, LayerCost, Profile, profile
 from .roofline import LayerTime, Roofline, ridge_sweep, roofline
 from .separable import (
@@ -34,8 +41,12 @@ __all__ = [
     "calibrate",
     "get_hardware",
     "load_host",
+    "format_mac_rate",
+    "pareto_figure",
     "plot_pareto",
     "plot_ridge_sweep",
+    "points_without",
+    "ridge_sweep_figure",
     "profile",
     "profile_model",
     "ridge_sweep",

@@ -160,7 +160,15 @@ def _check_plot_path(path: str | None) -> None:
 
 
 def cmd_roofline(args: argparse.Namespace) -> int:
-    from ..analysis import get_hardware, plot_pareto, plot_ridge_sweep, ridge_sweep, roofline
+    from ..analysis import (
+        format_mac_rate,
+        get_hardware,
+        plot_pareto,
+        plot_ridge_sweep,
+        points_without,
+        ridge_sweep,
+        roofline,
+    )
     from ..registry import get_entry, list_models
 
     names: list[str] = []
@@ -177,17 +185,20 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     results = {name: roofline(prof, hw) for name, prof in profiles.items()}
 
     sweep = None
+    not_plotted: list[str] = []
     if args.sweep:
         sweep = ridge_sweep(profiles, peak_macs_per_s=hw.peak_macs_per_s, ridge_points=_SWEEP_RIDGE_POINTS)
     if args.plot:
         if args.sweep:
             plot_ridge_sweep(sweep, _SWEEP_RIDGE_POINTS, args.plot, peak_macs_per_s=hw.peak_macs_per_s,
                              title=f"Pure roofline vs ridge point at {hw.name}'s peak "
-                                   f"({hw.peak_macs_per_s / 1e12:.3g} TMAC/s, {hw.dtype})")
+                                   f"({format_mac_rate(hw.peak_macs_per_s)}, {hw.dtype})")
         else:
             points = [dict(name=n, latency_ms=r.latency_ms, macs=profiles[n].macs, top1=get_entry(n).imagenet_top1)
                       for n, r in results.items()]
             use_top1 = any(p["top1"] is not None for p in points)
+            if use_top1:
+                not_plotted = points_without(points, "top1")
             plot_pareto(points, args.plot, y="top1" if use_top1 else "macs",
                         xlabel=f"predicted latency on {hw.name} (ms, log scale)")
 
@@ -206,6 +217,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
                                 latency_ms={n: [1e3 * s for s in v] for n, v in sweep.items()})
         if args.plot:
             out["plot"] = str(args.plot)
+            out["not_plotted"] = not_plotted
         print(json.dumps(out))
         return 0
 
@@ -238,6 +250,8 @@ def cmd_roofline(args: argparse.Namespace) -> int:
         console.print(sweep_table)
     if args.plot:
         console.print(f"plot written to {args.plot}")
+        if not_plotted:
+            console.print(f"not in the plot (no published ImageNet top-1): {', '.join(not_plotted)}")
     return 0
 
 

@@ -125,6 +125,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         plot_dir = Path(args.plot).parent if str(Path(args.plot).parent) else Path(".")
         if not plot_dir.is_dir() or not os.access(plot_dir, os.W_OK):
             raise UserError(f"cannot write --plot {args.plot!r}: folder {str(plot_dir)!r} is missing or not writable")
+        if Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise UserError(f"--plot must end in .png, .pdf or .svg, got {args.plot!r}")
     if not args.json:
         print(f"device: {device_description()}; median of {args.repeats} runs after {args.warmup} warm-up runs, "
               "in interleaved turns of back-to-back calls with the reference", file=sys.stderr)
@@ -141,6 +143,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         pareto_plot(rows, args.plot)
         if not args.json:
             print(f"plot written to {args.plot}", file=sys.stderr)
+            no_top1 = sorted({r.model for r in rows if r.imagenet_top1 is None})
+            if no_top1 and len(no_top1) < len({r.model for r in rows}):
+                print(f"not on its accuracy panel (no published ImageNet top-1): {', '.join(no_top1)}",
+                      file=sys.stderr)
     return 0
 
 

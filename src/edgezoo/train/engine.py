@@ -273,34 +273,47 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def write_curves_png(path: Path, history: list[dict[str, Any]], title: str) -> None:
-    """Three panels: losses, accuracies and learning rate per epoch."""
-    import matplotlib
+def curves_figure(history: list[dict[str, Any]], title: str) -> Any:
+    """Three panels per epoch: losses, validation top-1 (raw and EMA) and the learning rate.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Epochs are whole numbers on the x axes (a 2-epoch run gets ticks 1 and 2, not 1.25, 1.5 …), and each epoch is a
+    marker, so even a one-epoch run shows its values.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
+    fig = Figure(figsize=(13, 3.6))
+    FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
+    axes = fig.subplots(1, 3)
     ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(ep, [h["train_loss"] for h in history], label="train")
-    axes[0].plot(ep, [h["val_loss"] for h in history], label="val")
+    style = dict(marker="o", markersize=3)
+    axes[0].plot(ep, [h["train_loss"] for h in history], label="train (training objective)", **style)
+    axes[0].plot(ep, [h["val_loss"] for h in history], label="val (cross-entropy)", **style)
     axes[0].set_title("loss")
-    axes[1].plot(ep, [h["val_top1"] for h in history], label="val top-1")
+    axes[0].set_ylabel("loss per image")
+    axes[1].plot(ep, [h["val_top1"] for h in history], label="val top-1 (raw)", **style)
     if any(h.get("ema_top1") is not None for h in history):
-        axes[1].plot(ep, [h.get("ema_top1") for h in history], label="val top-1 (EMA)")
-    axes[1].set_title("accuracy (%)")
-    axes[2].plot(ep, [h["lr"] for h in history])
+        axes[1].plot(ep, [h.get("ema_top1") for h in history], label="val top-1 (EMA)", **style)
+    axes[1].set_title("accuracy")
+    axes[1].set_ylabel("top-1 (%)")
+    axes[2].plot(ep, [h["lr"] for h in history], **style)
     axes[2].set_title("learning rate (end of epoch)")
+    axes[2].set_ylabel("learning rate")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    axes[1].legend()
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def write_curves_png(path: Path, history: list[dict[str, Any]], title: str) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
+    curves_figure(history, title).savefig(buf, format="png", dpi=90)
     atomic_write_bytes(path, buf.getvalue())
 
 
