@@ -109,6 +109,7 @@ def _assert_best_holds(out: Path, report: dict, which: str) -> None:
         assert torch.equal(best[k], want[k]), k
     assert read_safetensors_metadata(out / "best.safetensors")["weights"] == which
     assert report["weights"] == which == json.loads((out / "report.json").read_text())["weights"]
+    assert (out / "metrics.csv").read_text().splitlines()[1].endswith(f",{which}")
     # report.json's best top-1 is the score of the weights actually saved (full digits val split: 450 images)
     assert evaluate_checkpoint(out, "digits")["top1"] == pytest.approx(report["best_top1"], abs=1e-3)
 

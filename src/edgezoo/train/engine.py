@@ -49,8 +49,9 @@ from .distill import TeacherAdapter, distillation_loss
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.json"
 _WEIGHTS_WORDS = {"ema": "EMA", "raw": "raw"}
+# "weights": which of the raw and EMA weights that epoch's checkpoints hold (the better on validation)
 METRIC_COLUMNS = ("epoch", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "ema_top1", "epoch_seconds",
-                  "train_img_per_s")
+                  "train_img_per_s", "weights")
 
 
 class TrainingDiverged(RuntimeError):
