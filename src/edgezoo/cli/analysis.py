@@ -53,9 +53,14 @@ def _console() -> Any:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from ..analysis import profile_model, separable_savings
-    from ..registry import get_entry
+    from ..registry import families_with_override, get_entry, list_models, model_overrides
 
-    get_entry(args.name)  # unknown name -> ValueError with suggestions
+    entry = get_entry(args.name)  # unknown name -> ValueError with suggestions
+    if args.width_mult is not None and "width_mult" not in model_overrides(args.name):
+        takes = families_with_override("width_mult")
+        sizes = [n for n in list_models() if get_entry(n).family == entry.family and n != args.name]
+        raise UserError(f"--width-mult applies to the {', '.join(takes)} families only; {args.name!r} is a "
+                        f"{entry.family} model" + (f" (its other sizes: {', '.join(sizes)})" if sizes else ""))
     prof = profile_model(args.name, img_size=args.img_size, width_mult=args.width_mult)
     sep = separable_savings(prof)
     top = prof.top(args.top, key="macs")

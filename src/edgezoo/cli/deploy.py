@@ -63,6 +63,7 @@ def _load_model(name: str, checkpoint: str | None, img_size: int | None) -> tupl
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
+    from ..analysis.zoo import check_fits_memory
     from ..deploy import export_model, fuse
 
     out = Path(args.out)
@@ -75,6 +76,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise UserError(f"cannot write --out {args.out!r}: {str(existing)!r} is not a writable folder")
     model, size = _load_model(args.name, args.checkpoint, args.img_size)
+    check_fits_memory(args.name, size, arg="--img-size")
     if args.fuse:
         model = fuse(model)
     in_chans = int(model.get_submodule(model.default_cfg["first_conv"]).weight.shape[1])
@@ -117,7 +119,9 @@ def _print_table(rows: list[Any], compare: str | None) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
+    from ..analysis.zoo import check_fits_memory
     from ..bench import benchmark, device_description, pareto_plot, rows_as_dicts
+    from ..registry import get_entry
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,6 +129,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         plot_dir = Path(args.plot).parent if str(Path(args.plot).parent) else Path(".")
         if not plot_dir.is_dir() or not os.access(plot_dir, os.W_OK):
             raise UserError(f"cannot write --plot {args.plot!r}: folder {str(plot_dir)!r} is missing or not writable")
+    for name in args.names:  # before any timing starts, not after the first models have run
+        get_entry(name)
+        check_fits_memory(name, args.img_size, batch=max(args.batch), arg="--img-size")
     if not args.json:
         print(f"device: {device_description()}; median of {args.repeats} runs after {args.warmup} warm-up runs, "
               "in interleaved turns of back-to-back calls with the reference", file=sys.stderr)
@@ -147,6 +154,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
+    from ..analysis.zoo import check_fits_memory
     from ..deploy import fuse
     from ..deploy.quantize import digits_tensors, quantize_int8, top1
 
@@ -155,6 +163,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UserError(f"cannot write --out {args.out!r}: give a file in an existing writable folder")
     model, size = _load_model(args.name, args.checkpoint, args.img_size)
+    check_fits_memory(args.name, size, batch=args.calib_images, arg="--img-size")
     if args.calib == "digits":
         _, _, calib, labels = digits_tensors(size)
         calib_x, eval_x, eval_y = calib[: args.calib_images], calib, labels
