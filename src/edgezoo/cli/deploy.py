@@ -129,6 +129,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         plot_dir = Path(args.plot).parent if str(Path(args.plot).parent) else Path(".")
         if not plot_dir.is_dir() or not os.access(plot_dir, os.W_OK):
             raise UserError(f"cannot write --plot {args.plot!r}: folder {str(plot_dir)!r} is missing or not writable")
+        if Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):  # before the timing, not after it
+            raise UserError(f"--plot must end in .png, .pdf or .svg, got {args.plot!r}")
     for name in args.names:  # before any timing starts, not after the first models have run
         get_entry(name)
         check_fits_memory(name, args.img_size, batch=max(args.batch), arg="--img-size")

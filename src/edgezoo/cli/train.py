@@ -111,6 +111,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     png = args.confusion_png
     if png is None:
         png = str((ckpt if ckpt.is_dir() else ckpt.parent) / "confusion.png")
+    elif Path(png).suffix.lower() != ".png":
+        raise UserError(f"--confusion-png must name a .png file, got {png!r}")
     res = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
                               confusion_png=png)
     if args.json:

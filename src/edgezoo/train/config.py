@@ -209,6 +209,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("teacher_checkpoint was given without teacher (the teacher's model name)")
     if not isinstance(cfg.model_kwargs, dict):
         raise ValueError(f"model_kwargs must be a mapping, got {cfg.model_kwargs!r}")
+    if cfg.device is not None and (not isinstance(cfg.device, str) or not cfg.device.strip()):
+        raise ValueError(f"device must be cpu, cuda or cuda:N (or unset for cuda-if-available), got {cfg.device!r}")
     return cfg
 
 
