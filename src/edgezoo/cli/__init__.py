@@ -19,7 +19,28 @@ class UserError(Exception):
     """A mistake in what the user asked for; reported as one line, exit code 2."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: …)`` to an option's help unless the help already says its default in words.
+
+    Defaults of ``None`` ("not set"), ``False`` (an off switch) and suppressed ones (train's "absent" flags, whose
+    help text names the recipe's default) are not shown: the value printed would say nothing.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS or "default" in text.lower()
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
     def error(self, message: str) -> None:  # one line, not argparse's usage dump
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)

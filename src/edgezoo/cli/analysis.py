@@ -12,6 +12,10 @@ from typing import Any
 from . import UserError
 
 _SWEEP_RIDGE_POINTS = tuple(range(0, 501, 10))
+# Printed under the roofline table: what its less obvious columns mean.
+ROOFLINE_FOOTNOTE = ("compute-bound: share of the predicted latency spent in layers whose MACs take longer than their "
+                     "memory traffic (MAC/B above the ridge point, {ridge:.1f} here); the rest is memory-bound. "
+                     "MAC/B: MACs per byte moved. top-1: ImageNet-1k accuracy of the reference weights.")
 
 
 def _positive_int(text: str) -> int:
@@ -232,6 +236,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
                       f"{100 * r['compute_bound_fraction']:.0f}%",
                       "-" if r["imagenet_top1"] is None else f"{r['imagenet_top1']:.1f}")
     console.print(table)
+    console.print(ROOFLINE_FOOTNOTE.format(ridge=hw.ridge_point), style="dim", markup=False)
     if sweep is not None:
         sweep_table = Table(title="pure-roofline latency (ms) vs ridge point (MAC/B) at fixed peak")
         shown = (0, 50, 100, 200, 300, 500)
@@ -283,7 +288,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from ..analysis import PRESETS
 
     p = sub.add_parser("info", help="a model's params, MACs, bytes, costliest layers and separable-conv savings")
-    p.add_argument("name")
+    p.add_argument("name", help="model name (see `edgezoo list`)")
     p.add_argument("--img-size", type=_positive_int, default=None, help="square input size (default: the model's)")
     p.add_argument("--width-mult", type=_positive_float, default=None, help="width multiplier α (MobileNet V1–V3)")
     p.add_argument("--top", type=_positive_int, default=10, help="how many costliest layers to list")
@@ -296,7 +301,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help=f"one of {', '.join([*PRESETS, 'host'])} (default: phone_cpu); host calibrates on first use")
     p.add_argument("--ridge-point", type=_positive_float, default=None,
                    help="override the preset's bandwidth so its ridge point is this many MACs/byte")
-    p.add_argument("--img-size", type=_positive_int, default=None)
+    p.add_argument("--img-size", type=_positive_int, default=None, help="square input size (default: each model's)")
     p.add_argument("--sweep", action="store_true", help="sweep the ridge point 0→500 at the preset's peak")
     p.add_argument("--plot", default=None, metavar="PATH",
                    help="write a figure (.png): the sweep with --sweep, else a Pareto plot (top-1 or MACs vs latency)")
@@ -306,5 +311,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="measure this host (GEMM peak, copy bandwidth, overheads) for --hardware host")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads to calibrate with")
     p.add_argument("--quick", action="store_true", help="small, fast measurement (less accurate)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the measured hardware as one JSON object")
     p.set_defaults(func=cmd_calibrate)
