@@ -86,11 +86,15 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():
-            raise ValueError(f"checkpoint {str(p)!r} could not be read ({str(exc).splitlines()[0]}); {expected}") from None
+        # torch's safe unpickler says "WeightsUnpickler error: <why>": a class it may not import means the file
+        # needs unsafe loading; anything else (an unknown opcode...) means it is not a pickle torch wrote.
+        why = str(exc).split("WeightsUnpickler error:", 1)[-1].strip()
+        why = why.splitlines()[0] if why else type(exc).__name__
+        if "Unsupported global" not in why:
+            raise ValueError(f"checkpoint {str(p)!r} could not be read ({why}); {expected}") from None
         raise ValueError(
             f"refusing to load {str(p)!r}: it needs unrestricted unpickling, which can run arbitrary code "
-            f"(only tensors and plain containers are accepted). Details: {str(exc).splitlines()[0]}"
+            f"(only tensors and plain containers are accepted). Details: {why}"
         ) from None
     except Exception as exc:  # corrupt or truncated files fail in the zip reader or the unpickler, in many ways
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -79,12 +79,24 @@ def check_fits_memory(name: str, img_size: int | None, *, batch: int = 1, arg: s
     _, height, width = model_input_shape(name, None)
     if batch * img_size * img_size <= height * width:  # the model's own input size always fits: skip the profiling
         return
-    prof = profile_model(name, img_size=img_size, batch=batch)
-    need = prof.weight_bytes + prof.activation_bytes
-    if need > available:
-        # Activations grow with the pixel count, so the largest size that fits scales by the square root.
-        fits = int(img_size * math.sqrt(max(0.0, available - prof.weight_bytes) / max(1, prof.activation_bytes)))
-        raise ValueError(
-            f"{arg} {img_size} needs up to {need / 1e9:,.1f} GB for {name} (batch {batch}) but this machine has "
-            f"{available / 1e9:,.1f} GB available; use {arg} {max(1, fits)} or less"
-        )
+    def need(size: int) -> int:
+        prof = profile_model(name, img_size=size, batch=batch)
+        return prof.weight_bytes + prof.activation_bytes
+
+    needed = need(img_size)
+    if needed <= available:
+        return
+    # Activations grow with the pixel count, so the size that fits scales by about the square root of the
+    # ratio; stride rounding makes that inexact, so step down in multiples of 32 (valid for every family's
+    # stride and patch size) until the estimate fits.
+    fits = int(img_size * math.sqrt(available / needed)) // 32 * 32
+    while fits > 32 and need(fits) > available:
+        fits -= 32
+    raise ValueError(
+        f"{arg} {img_size} needs up to {_gb(needed)} for {name} (batch {batch}) but this machine has "
+        f"{_gb(available)} available; use {arg} {max(32, fits)} or less"
+    )
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
