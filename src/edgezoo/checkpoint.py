@@ -82,22 +82,24 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     # 0x80). Anything else (a text file, an image renamed .pth) would reach the unpickler and fail there with
     # an opaque KeyError/IndexError, or be mistaken for a pickle that needs unsafe loading.
     if not (head.startswith(_ZIP_MAGIC) or head.startswith(b"\x80")):
-        raise ValueError(f"checkpoint {str(p)!r} is not a PyTorch checkpoint (it starts with {head!r}); {expected}")
+        found = "it is empty" if not head else f"it starts with {head!r}"
+        raise ValueError(f"checkpoint {str(p)!r} is not a PyTorch checkpoint ({found}); {expected}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's safe unpickler says "WeightsUnpickler error: <why>": a class it may not import means the file
-        # needs unsafe loading; anything else (an unknown opcode...) means it is not a pickle torch wrote.
-        why = str(exc).split("WeightsUnpickler error:", 1)[-1].strip()
-        why = why.splitlines()[0] if why else type(exc).__name__
-        if "Unsupported global" not in why:
-            raise ValueError(f"checkpoint {str(p)!r} could not be read ({why}); {expected}") from None
+        # torch's safe unpickler names a GLOBAL (class or function) it will not import when the file needs unsafe
+        # loading; any other complaint (an unknown opcode...) means the file is not a pickle torch wrote.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if why is None:
+            detail = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else type(exc).__name__)
+            raise ValueError(f"checkpoint {str(p)!r} could not be read ({detail}); {expected}") from None
         raise ValueError(
             f"refusing to load {str(p)!r}: it needs unrestricted unpickling, which can run arbitrary code "
             f"(only tensors and plain containers are accepted). Details: {why}"
         ) from None
     except Exception as exc:  # corrupt or truncated files fail in the zip reader or the unpickler, in many ways
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        detail = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
         raise ValueError(f"checkpoint {str(p)!r} could not be read ({detail}); {expected}") from None
     return _unwrap(obj, p)
 
