@@ -227,7 +227,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX / TorchScript / ExportedProgram and check parity")
     p.add_argument("name", help="model name (see `edgezoo list`)")
     p.add_argument("--format", required=True, choices=FORMATS,
-                   help="onnx (ONNX Runtime, OpenVINO, ...), torchscript (.pt) or exported-program (torch.export, .pt2)")
+                   help="onnx (for ONNX Runtime, OpenVINO, ...), torchscript (.pt) or exported-program "
+                        "(torch.export, .pt2)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--checkpoint", help="weights: .safetensors/.pth file or training run directory")
     p.add_argument("--img-size", type=_positive_int, help="input resolution (default: the model's)")

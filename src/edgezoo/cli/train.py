@@ -24,7 +24,8 @@ _DEMO_FILES = ("state.pt", "best.safetensors", "last.safetensors", "config.yaml"
 # flag name → (TrainConfig field, type, help)
 _TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--model": ("model", str, "model name (see `edgezoo list`); default mobilenetv3_small_050"),
-    "--data": ("data", str, "'digits' (bundled; the default) or an ImageFolder dir (DIR/train + DIR/val, or DIR/<class>/)"),
+    "--data": ("data", str, "'digits' (bundled; the default) or an ImageFolder dir "
+                            "(DIR/train + DIR/val, or DIR/<class>/)"),
     "--epochs": ("epochs", int, "number of epochs (default: the family's digits preset on digits, else 30)"),
     "--batch-size": ("batch_size", int, "images per step per process (default 64)"),
     "--img-size": ("img_size", int, "training resolution (default: the family's digits size, 64 or 16 px, on digits, else the model's)"),
