@@ -79,11 +79,15 @@ def check_fits_memory(name: str, img_size: int | None, *, batch: int = 1, arg: s
     _, height, width = model_input_shape(name, None)
     if batch * img_size * img_size <= height * width:  # the model's own input size always fits: skip the profiling
         return
+
     def need(size: int) -> int:
         prof = profile_model(name, img_size=size, batch=batch)
         return prof.weight_bytes + prof.activation_bytes
 
-    needed = need(img_size)
+    try:
+        needed = need(img_size)
+    except ValueError:  # a size only the caller's overrides (e.g. a trained patch size) accept: no estimate
+        return
     if needed <= available:
         return
     # Activations grow with the pixel count, so the size that fits scales by about the square root of the
