@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m edgezoo demo
+	@echo "edgezoo is installed in $(VENV)/: run 'source $(VENV)/bin/activate' to use the edgezoo command, or call $(VENV)/bin/edgezoo"
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS) tests

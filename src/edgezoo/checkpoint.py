@@ -26,6 +26,7 @@ _TRAINED_INT_KEYS = ("num_classes", "img_size", "in_chans", "epoch")
 _TRAINED_FLOAT_KEYS = ("crop_pct", "top1")
 # Files a training run directory holds, in order of preference.
 RUN_DIR_WEIGHTS = ("best.safetensors", "last.safetensors")
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
@@ -73,21 +74,74 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
         raise ValueError(
             f"checkpoint {str(p)!r} has suffix {p.suffix!r}; allowed: {list(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}"
         )
+    expected = ("expected a state dict written by torch.save (.pth/.pt: a zip archive or a pickle) "
+                "or a .safetensors file")
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (since 1.6) or, in the legacy format, a pickle (protocol >= 2 opens with
+    # 0x80). Anything else (a text file, an image renamed .pth) would reach the unpickler and fail there with
+    # an opaque KeyError/IndexError, or be mistaken for a pickle that needs unsafe loading.
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(b"\x80")):
+        found = "it is empty" if not head else f"it starts with {head!r}"
+        raise ValueError(f"checkpoint {str(p)!r} is not a PyTorch checkpoint ({found}); {expected}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's safe unpickler names a GLOBAL (class or function) it will not import when the file needs unsafe
+        # loading; any other complaint (an unknown opcode...) means the file is not a pickle torch wrote.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if why is None:
+            detail = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else type(exc).__name__)
+            raise ValueError(f"checkpoint {str(p)!r} could not be read ({detail}); {expected}") from None
         raise ValueError(
             f"refusing to load {str(p)!r}: it needs unrestricted unpickling, which can run arbitrary code "
-            f"(only tensors and plain containers are accepted). Details: {str(exc).splitlines()[0]}"
+            f"(only tensors and plain containers are accepted). Details: {why}"
         ) from None
-    except (RuntimeError, EOFError) as exc:
-        raise ValueError(f"checkpoint {str(p)!r} could not be read: {exc}") from None
+    except Exception as exc:  # corrupt or truncated files fail in the zip reader or the unpickler, in many ways
+        detail = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"checkpoint {str(p)!r} could not be read ({detail}); {expected}") from None
     return _unwrap(obj, p)
 
 
+def _current_umask() -> int:
+    """The process umask. Linux reports it in /proc (no side effect); elsewhere set-and-restore is the only way."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would give: an existing file keeps its own, a new one gets 0666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_current_umask()
+
+
 def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A temporary file next to ``path`` with ``path``'s final mode; errors name ``path``, not the temporary."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        # mkstemp's error names its random temporary (/out/.x.onnx.k3j2.tmp), which the user never asked for.
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+    try:
+        # mkstemp creates the file 0600 for its own safety; the final file must get the usual umask-derived mode.
+        os.fchmod(fd, _final_mode(path))
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -12,7 +12,7 @@ from .checkpoint import load_state_dict_file, read_trained_metadata
 from .convert import available_sources, convert_state_dict, source_build_overrides
 from .layers.helpers import to_2tuple
 from .models._base import EdgeModel, validate_num_classes
-from .registry import get_entry
+from .registry import check_overrides, get_entry
 
 # BatchNorm's step counter is bookkeeping, not a weight; checkpoints from other libraries may or may not have it.
 _IGNORABLE_SUFFIXES = ("num_batches_tracked",)
@@ -129,6 +129,7 @@ def create_model(
     num_classes = 1000 if num_classes is None else num_classes
     in_chans = 3 if in_chans is None else in_chans
     _validate_common(num_classes, in_chans, img_size, drop_path_rate)
+    check_overrides(name, overrides)  # not "_create_vit() got an unexpected keyword argument"
     if out_indices is not None and not features_only:
         raise ValueError("out_indices is only meaningful with features_only=True")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -57,6 +58,41 @@ def get_entry(name: str) -> ModelEntry:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; see edgezoo.list_models()"
         raise ValueError(f"unknown model name {name!r}{hint}") from None
+
+
+# Keyword arguments every builder takes; create_model passes them itself, so they are not family overrides.
+_COMMON_BUILD_ARGS = ("num_classes", "in_chans", "img_size", "drop_path_rate")
+
+
+def model_overrides(name: str) -> tuple[str, ...]:
+    """The family-specific ``create_model`` overrides model ``name`` accepts (e.g. ``width_mult``, ``patch_size``)."""
+    params = inspect.signature(get_entry(name).builder).parameters.values()
+    return tuple(p.name for p in params
+                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in _COMMON_BUILD_ARGS)
+
+
+def families_with_override(override: str) -> list[str]:
+    """Families whose models accept ``override`` (e.g. which take ``width_mult``), in registration order."""
+    out: list[str] = []
+    for entry in _REGISTRY.values():
+        if entry.family not in out and override in model_overrides(entry.name):
+            out.append(entry.family)
+    return out
+
+
+def check_overrides(name: str, overrides: dict[str, Any] | Any) -> None:
+    """``TypeError`` naming any override ``name``'s builder does not take, with the ones it does."""
+    params = inspect.signature(get_entry(name).builder).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):  # a builder taking **kwargs checks its own
+        return
+    allowed = model_overrides(name)
+    unknown = [k for k in overrides if k not in allowed]
+    if unknown:
+        family = get_entry(name).family
+        others = families_with_override(unknown[0])
+        where = f"; {unknown[0]!r} applies to the {', '.join(others)} families" if others else ""
+        raise TypeError(f"model {name!r} ({family}) takes no override {unknown[0]!r}; its overrides are: "
+                        f"{', '.join(allowed) or 'none'}{where}")
 
 
 def model_family(name: str) -> str:

@@ -12,6 +12,10 @@ from typing import Any
 from . import UserError
 
 _SWEEP_RIDGE_POINTS = tuple(range(0, 501, 10))
+# Printed under the roofline table: what its less obvious columns mean.
+ROOFLINE_FOOTNOTE = ("compute-bound: share of the predicted latency spent in layers whose MACs take longer than their "
+                     "memory traffic (MAC/B above the ridge point, {ridge:.1f} here); the rest is memory-bound. "
+                     "MAC/B: MACs per byte moved. top-1: ImageNet-1k accuracy of the reference weights.")
 
 
 def _positive_int(text: str) -> int:
@@ -53,9 +57,14 @@ def _console() -> Any:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from ..analysis import profile_model, separable_savings
-    from ..registry import get_entry
+    from ..registry import families_with_override, get_entry, list_models, model_overrides
 
-    get_entry(args.name)  # unknown name -> ValueError with suggestions
+    entry = get_entry(args.name)  # unknown name -> ValueError with suggestions
+    if args.width_mult is not None and "width_mult" not in model_overrides(args.name):
+        takes = families_with_override("width_mult")
+        sizes = [n for n in list_models() if get_entry(n).family == entry.family and n != args.name]
+        raise UserError(f"--width-mult applies to the {', '.join(takes)} families only; {args.name!r} is a "
+                        f"{entry.family} model" + (f" (its other sizes: {', '.join(sizes)})" if sizes else ""))
     prof = profile_model(args.name, img_size=args.img_size, width_mult=args.width_mult)
     sep = separable_savings(prof)
     top = prof.top(args.top, key="macs")
@@ -239,6 +248,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
                       f"{100 * r['compute_bound_fraction']:.0f}%",
                       "-" if r["imagenet_top1"] is None else f"{r['imagenet_top1']:.1f}")
     console.print(table)
+    console.print(ROOFLINE_FOOTNOTE.format(ridge=hw.ridge_point), style="dim", markup=False)
     if sweep is not None:
         sweep_table = Table(title="pure-roofline latency (ms) vs ridge point (MAC/B) at fixed peak")
         shown = (0, 50, 100, 200, 300, 500)
@@ -292,7 +302,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from ..analysis import PRESETS
 
     p = sub.add_parser("info", help="a model's params, MACs, bytes, costliest layers and separable-conv savings")
-    p.add_argument("name")
+    p.add_argument("name", help="model name (see `edgezoo list`)")
     p.add_argument("--img-size", type=_positive_int, default=None, help="square input size (default: the model's)")
     p.add_argument("--width-mult", type=_positive_float, default=None, help="width multiplier α (MobileNet V1–V3)")
     p.add_argument("--top", type=_positive_int, default=10, help="how many costliest layers to list")
@@ -305,7 +315,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help=f"one of {', '.join([*PRESETS, 'host'])} (default: phone_cpu); host calibrates on first use")
     p.add_argument("--ridge-point", type=_positive_float, default=None,
                    help="override the preset's bandwidth so its ridge point is this many MACs/byte")
-    p.add_argument("--img-size", type=_positive_int, default=None)
+    p.add_argument("--img-size", type=_positive_int, default=None, help="square input size (default: each model's)")
     p.add_argument("--sweep", action="store_true", help="sweep the ridge point 0→500 at the preset's peak")
     p.add_argument("--plot", default=None, metavar="PATH",
                    help="write a figure (.png): the sweep with --sweep, else a Pareto plot (top-1 or MACs vs latency)")
@@ -315,5 +325,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="measure this host (GEMM peak, copy bandwidth, overheads) for --hardware host")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads to calibrate with")
     p.add_argument("--quick", action="store_true", help="small, fast measurement (less accurate)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the measured hardware as one JSON object")
     p.set_defaults(func=cmd_calibrate)

@@ -63,6 +63,7 @@ def _load_model(name: str, checkpoint: str | None, img_size: int | None) -> tupl
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
+    from ..analysis.zoo import check_fits_memory
     from ..deploy import export_model, fuse
 
     out = Path(args.out)
@@ -75,6 +76,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise UserError(f"cannot write --out {args.out!r}: {str(existing)!r} is not a writable folder")
     model, size = _load_model(args.name, args.checkpoint, args.img_size)
+    check_fits_memory(args.name, size, arg="--img-size")
     if args.fuse:
         model = fuse(model)
     in_chans = int(model.get_submodule(model.default_cfg["first_conv"]).weight.shape[1])
@@ -89,6 +91,28 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{', dynamic batch' if args.dynamic_batch else ''}) to {out} [{args.format}, {size_mb:.1f} MB]")
     print(f"parity vs PyTorch eager ({result.checked_with}): max |diff| = {result.rel_diff:.2e} of the output scale -> {status}")
     return 0 if status == "OK" else 1
+
+
+# What each engine name in bench's table means; the ones that appear are explained under the table.
+ENGINE_NOTES = {
+    "eager": "PyTorch as built",
+    "fused": "PyTorch with BatchNorm folded and fuse()'s inference forms",
+    "compile": "torch.compile (Inductor)",
+    "onnxruntime": "ONNX Runtime CPU, all graph optimizations",
+    "openvino": "OpenVINO CPU, fp32, latency hint",
+    "openvino/pinned": "OpenVINO with its worker threads pinned to CPU cores (ENABLE_CPU_PINNING); "
+                       "measured against unpinned OpenVINO and faster here",
+    "int8/onnxruntime": "int8 QDQ model run by ONNX Runtime",
+    "int8/openvino": "int8 QDQ model run by OpenVINO",
+}
+
+
+def engine_footnote(engines: list[str], compare: str | None) -> str:
+    """The line under bench's table: what the engines shown are and what the ratio columns divide."""
+    seen = list(dict.fromkeys(engines))
+    notes = [f"{e}: {ENGINE_NOTES[e]}" for e in seen if e in ENGINE_NOTES]
+    ratios = "÷eager = engine ms / eager PyTorch ms" + (f", ÷{compare} = engine ms / {compare} ms" if compare else "")
+    return "; ".join(notes + [ratios + " (below 1 is faster)"])
 
 
 def _print_table(rows: list[Any], compare: str | None) -> None:
@@ -111,13 +135,17 @@ def _print_table(rows: list[Any], compare: str | None) -> None:
             cells += [f"{r.timm_ms:.2f}" if r.timm_ms else "-", f"{r.ratio_vs_timm:.2f}×" if r.ratio_vs_timm else "-"]
         cells.append(f"{r.gmacs:.2f}")
         table.add_row(*cells)
-    table_console().print(table)
+    console = table_console()
+    console.print(table)
+    console.print(engine_footnote([r.engine for r in rows], compare), style="dim", markup=False)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
+    from ..analysis.zoo import check_fits_memory
     from ..bench import benchmark, device_description, pareto_plot, rows_as_dicts
+    from ..registry import get_entry
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,8 +153,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         plot_dir = Path(args.plot).parent if str(Path(args.plot).parent) else Path(".")
         if not plot_dir.is_dir() or not os.access(plot_dir, os.W_OK):
             raise UserError(f"cannot write --plot {args.plot!r}: folder {str(plot_dir)!r} is missing or not writable")
-        if Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+        if Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):  # before the timing, not after it
             raise UserError(f"--plot must end in .png, .pdf or .svg, got {args.plot!r}")
+    for name in args.names:  # before any timing starts, not after the first models have run
+        get_entry(name)
+        check_fits_memory(name, args.img_size, batch=max(args.batch), arg="--img-size")
     if not args.json:
         print(f"device: {device_description()}; median of {args.repeats} runs after {args.warmup} warm-up runs, "
               "in interleaved turns of back-to-back calls with the reference", file=sys.stderr)
@@ -153,6 +184,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
+    from ..analysis.zoo import check_fits_memory
     from ..deploy import fuse
     from ..deploy.quantize import digits_tensors, quantize_int8, top1
 
@@ -161,6 +193,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UserError(f"cannot write --out {args.out!r}: give a file in an existing writable folder")
     model, size = _load_model(args.name, args.checkpoint, args.img_size)
+    check_fits_memory(args.name, size, arg="--img-size")  # the engines calibrate and run batch-1 graphs
     if args.calib == "digits":
         _, _, calib, labels = digits_tensors(size)
         calib_x, eval_x, eval_y = calib[: args.calib_images], calib, labels
@@ -197,7 +230,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="export a model to ONNX / TorchScript / ExportedProgram and check parity")
     p.add_argument("name", help="model name (see `edgezoo list`)")
-    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="onnx (for ONNX Runtime, OpenVINO, ...), torchscript (.pt) or exported-program "
+                        "(torch.export, .pt2)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--checkpoint", help="weights: .safetensors/.pth file or training run directory")
     p.add_argument("--img-size", type=_positive_int, help="input resolution (default: the model's)")
@@ -208,12 +243,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="inference latency: medians, throughput, ratios, optional Pareto plot")
     p.add_argument("names", nargs="+", help="model names")
     p.add_argument("--batch", type=_int_list, default=[1], help="comma-separated batch sizes, e.g. 1,8")
-    p.add_argument("--img-size", type=_positive_int)
-    p.add_argument("--backend", choices=BENCH_BACKENDS, default="eager")
+    p.add_argument("--img-size", type=_positive_int, help="square input size (default: each model's)")
+    p.add_argument("--backend", choices=BENCH_BACKENDS, default="eager",
+                   help="eager: PyTorch as built; fused: BatchNorm folded + inference forms; compile: torch.compile; "
+                        "onnxruntime / openvino: that engine on the exported graph; int8: ONNX QDQ int8; "
+                        "auto: measure the engines and keep the fastest")
     p.add_argument("--compare", choices=COMPARE_WITH, help="also time the same model in timm (needs edgezoo[dev])")
     p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
-    p.add_argument("--warmup", type=_positive_int, default=5)
-    p.add_argument("--repeats", type=_positive_int, default=20)
+    p.add_argument("--warmup", type=_positive_int, default=5, help="untimed calls per engine before timing")
+    p.add_argument("--repeats", type=_positive_int, default=20, help="timed calls per engine; the median is reported")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", help="write a latency vs GMACs / accuracy plot (PNG)")
     p.set_defaults(func=cmd_bench)
@@ -223,8 +261,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--checkpoint", help="weights: .safetensors/.pth file or training run directory")
     p.add_argument("--calib", default="digits", help="'digits' (bundled) or an ImageFolder directory")
-    p.add_argument("--calib-images", type=_positive_int, default=128)
-    p.add_argument("--img-size", type=_positive_int)
-    p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax")
-    p.add_argument("--backend", choices=QUANT_BACKENDS, default="auto")
+    p.add_argument("--calib-images", type=_positive_int, default=128,
+                   help="how many calibration images set the int8 ranges")
+    p.add_argument("--img-size", type=_positive_int,
+                   help="input resolution (default: the checkpoint's training size, else the model's)")
+    p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
+                   help="how activation ranges are chosen: minmax (full observed range), percentile (clips rare "
+                        "outliers), entropy (minimises the KL divergence of the histogram)")
+    p.add_argument("--backend", choices=QUANT_BACKENDS, default="auto",
+                   help="engine that runs the int8 model; auto times ONNX Runtime and OpenVINO and keeps the faster")
     p.set_defaults(func=cmd_quantize)

@@ -64,5 +64,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'mobilenetv4*'")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("summary", help="one model's parameters, feature levels and a test forward pass")
-    p.add_argument("name")
+    p.add_argument("name", help="model name (see `edgezoo list`)")
     p.set_defaults(func=cmd_summary)

@@ -24,30 +24,31 @@ _DEMO_FILES = ("state.pt", "best.safetensors", "last.safetensors", "config.yaml"
 # flag name → (TrainConfig field, type, help)
 _TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--model": ("model", str, "model name (see `edgezoo list`); default mobilenetv3_small_050"),
-    "--data": ("data", str, "'digits' (bundled) or an ImageFolder dir (DIR/train + DIR/val, or DIR/<class>/)"),
+    "--data": ("data", str, "'digits' (bundled; the default) or an ImageFolder dir "
+                            "(DIR/train + DIR/val, or DIR/<class>/)"),
     "--epochs": ("epochs", int, "number of epochs (default: the family's digits preset on digits, else 30)"),
     "--batch-size": ("batch_size", int, "images per step per process (default 64)"),
     "--img-size": ("img_size", int, "training resolution (default: the family's digits size, 64 or 16 px, on digits, else the model's)"),
     "--lr": ("lr", float, "peak learning rate (default: the family's, scaled by batch size)"),
     "--weight-decay": ("weight_decay", float, "decoupled/L2 weight decay (default: the family's)"),
     "--optimizer": ("optimizer", str, "sgd | rmsprop | adamw (default: the family's)"),
-    "--warmup-epochs": ("warmup_epochs", float, "linear warm-up length before the cosine decay"),
-    "--grad-clip": ("grad_clip", float, "max global gradient norm (0 disables)"),
+    "--warmup-epochs": ("warmup_epochs", float, "linear warm-up length before the cosine decay (default: the family's, at most a fifth of the run)"),
+    "--grad-clip": ("grad_clip", float, "max global gradient norm, 0 disables (default: the family's)"),
     "--label-smoothing": ("label_smoothing", float, "label smoothing (default 0.1)"),
-    "--drop-path": ("drop_path", float, "stochastic depth rate"),
+    "--drop-path": ("drop_path", float, "stochastic depth rate (default: the family's)"),
     "--ema-decay": ("ema_decay", float, "EMA decay (default: adapted to the run length)"),
-    "--mixup": ("mixup_alpha", float, "MixUp alpha (0 = off)"),
-    "--cutmix": ("cutmix_alpha", float, "CutMix alpha (0 = off)"),
-    "--randaugment-ops": ("randaugment_ops", int, "RandAugment operations per image (0 = off)"),
-    "--val-fraction": ("val_fraction", float, "held-out fraction for a single ImageFolder dir"),
+    "--mixup": ("mixup_alpha", float, "MixUp alpha, 0 = off (default 0)"),
+    "--cutmix": ("cutmix_alpha", float, "CutMix alpha, 0 = off (default 0)"),
+    "--randaugment-ops": ("randaugment_ops", int, "RandAugment operations per image, 0 = off (default: 0 on digits, else 2)"),
+    "--val-fraction": ("val_fraction", float, "held-out fraction for a single ImageFolder dir (default 0.25)"),
     "--seed": ("seed", int, "random seed (default 0)"),
-    "--out": ("out", str, "run directory for checkpoints, metrics and plots"),
-    "--workers": ("workers", int, "data-loading worker processes"),
-    "--train-subset": ("train_subset", int, "train on only this many images (smoke tests)"),
-    "--val-subset": ("val_subset", int, "validate on only this many images"),
+    "--out": ("out", str, "run directory for checkpoints, metrics and plots (default runs/edgezoo)"),
+    "--workers": ("workers", int, "data-loading worker processes (default: 0 on digits, else up to 4)"),
+    "--train-subset": ("train_subset", int, "train on only this many images, for smoke tests (default: all)"),
+    "--val-subset": ("val_subset", int, "validate on only this many images (default: all)"),
     "--device": ("device", str, "cpu | cuda | cuda:N (default: cuda if available)"),
-    "--teacher": ("teacher", str, "teacher model name for knowledge distillation (needs --teacher-checkpoint)"),
-    "--teacher-checkpoint": ("teacher_checkpoint", str, "teacher weights: a run dir or weights file"),
+    "--teacher": ("teacher", str, "teacher model name for knowledge distillation, needs --teacher-checkpoint (default: none)"),
+    "--teacher-checkpoint": ("teacher_checkpoint", str, "teacher weights: a run dir or weights file (default: none)"),
     "--kd-alpha": ("kd_alpha", float, "weight of the distillation term (default 0.5)"),
     "--kd-temperature": ("kd_temperature", float, "distillation temperature (default 4)"),
 }
@@ -113,6 +114,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     png = args.confusion_png
     if png is None:
         png = str((ckpt if ckpt.is_dir() else ckpt.parent) / "confusion.png")
+    elif Path(png).suffix.lower() != ".png":
+        raise UserError(f"--confusion-png must name a .png file, got {png!r}")
     res = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
                               confusion_png=png)
     if args.json:
@@ -192,27 +195,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of a trained checkpoint")
     p.add_argument("--checkpoint", required=True, help="run directory or .safetensors written by `edgezoo train`")
     p.add_argument("--data", default="digits", help="'digits' or an ImageFolder dir (uses DIR/val if present)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--confusion-png", default=None, help="where to write the confusion matrix (default: run dir)")
     p.add_argument("--json", action="store_true", help='print {"top1", "top5", "n"} as JSON')
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes of image files with a trained checkpoint")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, or folders: every image under a folder, at any depth, in sorted path order")
+    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors written by `edgezoo train`")
+    p.add_argument("--topk", type=int, default=5, help="how many classes to list per image, most likely first")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--json", action="store_true", help='print [{"image", "top": [[class, probability], ...]}] as JSON')
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("data", help="write a bundled dataset as an ImageFolder of PNGs")
-    p.add_argument("name", choices=["digits"])
-    p.add_argument("--out", required=True)
+    p.add_argument("name", choices=["digits"], help="dataset to write: digits (scikit-learn's 8x8 handwritten digits)")
+    p.add_argument("--out", required=True, help="folder to write DIR/train/<class>/*.png and DIR/val/<class>/*.png into")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("demo", help="train the demo model on digits and print its report (a few CPU minutes)")
-    p.add_argument("--model", default=DEMO_MODEL)
-    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
-    p.add_argument("--out", default=DEMO_OUT)
+    p.add_argument("--model", default=DEMO_MODEL, help="model to train (see `edgezoo list`)")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="training epochs")
+    p.add_argument("--out", default=DEMO_OUT, help="run directory (files of an earlier demo there are replaced)")
     p.set_defaults(func=cmd_demo)

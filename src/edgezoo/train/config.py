@@ -220,6 +220,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
                          "teacher_random_init=True (--teacher-random-init) to distil from one anyway")
     if not isinstance(cfg.model_kwargs, dict):
         raise ValueError(f"model_kwargs must be a mapping, got {cfg.model_kwargs!r}")
+    if cfg.device is not None and (not isinstance(cfg.device, str) or not cfg.device.strip()):
+        raise ValueError(f"device must be cpu, cuda or cuda:N (or unset for cuda-if-available), got {cfg.device!r}")
     return cfg
 
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..checkpoint import atomic_torch_save, atomic_write_bytes
+from ..devices import resolve_device
 from .checkpoints import (
     STATE_FILE,
     load_state,
@@ -80,13 +81,12 @@ def setup_runtime(device: str) -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rt = Runtime(rank=int(os.environ.get("RANK", "0")), world_size=world,
                  local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was requested but CUDA is not available; use --device cpu")
-        rt.device = torch.device("cuda", rt.local_rank if world > 1 else torch.device(device).index or 0)
+    dev = resolve_device(device)  # unknown or absent device -> ValueError naming it and what this machine has
+    if dev.type == "cuda":
+        rt.device = torch.device("cuda", rt.local_rank if world > 1 else dev.index or 0)
         torch.cuda.set_device(rt.device)
     else:
-        rt.device = torch.device(device)
+        rt.device = dev
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo")
     return rt

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..checkpoint import atomic_write_bytes
+from ..devices import resolve_device
 from .checkpoints import load_trained_model
 from .data import eval_dataset, eval_transform, skip_none_collate
 from .engine import Runtime, evaluate_model
@@ -25,11 +26,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, batch_size:
     """Top-1/top-5 (percent), per-class accuracy and confusion matrix of a trained checkpoint on ``data``."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    dev = resolve_device(device)
     model, meta = load_trained_model(checkpoint)
     classes = meta["classes"]
     ds, skipped = eval_dataset(data, classes=classes, img_size=meta["img_size"], crop_pct=meta["crop_pct"],
                                mean=meta["mean"], std=meta["std"], interpolation=meta["interpolation"])
-    rt = Runtime(device=torch.device(device))
+    rt = Runtime(device=dev)
     model.to(rt.device)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=skip_none_collate)
     res = evaluate_model(model, loader, num_classes=len(classes), rt=rt)
@@ -76,21 +78,49 @@ def write_confusion_png(path: str | os.PathLike, confusion: torch.Tensor, classe
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+def expand_image_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files as given, and every image file under each folder (recursively, sorted by path).
+
+    An image file is one with an extension torchvision's ImageFolder reads (``.png``, ``.jpg``, ...); files given by
+    name are kept whatever their extension, so an unreadable one is reported by name when it is opened.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+            if not found:
+                raise FileNotFoundError(f"folder {str(p)!r} holds no image files (looked for "
+                                        f"{', '.join(IMG_EXTENSIONS)} at any depth)")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"image not found: {str(p)!r}")
+    return out
+
+
 @torch.no_grad()
 def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], *, topk: int = 5,
                    device: str = "cpu") -> list[dict[str, Any]]:
-    """Top-``k`` ``(class, probability)`` per image file, with the checkpoint's own preprocessing."""
+    """Top-``k`` ``(class, probability)`` per image, with the checkpoint's own preprocessing.
+
+    ``images`` are image files or folders; a folder stands for every image file under it, at any depth (an
+    ImageFolder's class sub-folders included), in sorted path order.
+    """
     from PIL import Image
 
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ValueError(f"topk must be an int >= 1, got {topk!r}")
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
     if not images:
         raise ValueError("no images given to predict")
-    for p in images:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"image not found: {str(p)!r}")
+    images = expand_image_paths(images)
+    dev = resolve_device(device)
     model, meta = load_trained_model(checkpoint)
-    model.to(device)
+    model.to(dev)
     tf = eval_transform(img_size=meta["img_size"], crop_pct=meta["crop_pct"], mean=meta["mean"], std=meta["std"],
                         interpolation=meta["interpolation"])
     k = min(topk, meta["num_classes"])
@@ -101,7 +131,7 @@ def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.Path
                 img = im.convert("RGB")
         except Exception as exc:
             raise ValueError(f"cannot read image {str(p)!r}: {exc}") from None
-        probs = model(tf(img)[None].to(device)).float().softmax(dim=-1)[0].cpu()
+        probs = model(tf(img)[None].to(dev)).float().softmax(dim=-1)[0].cpu()
         top = probs.topk(k)
         results.append({"image": str(p), "top": [(meta["classes"][i], float(v))
                                                  for v, i in zip(top.values.tolist(), top.indices.tolist())]})
