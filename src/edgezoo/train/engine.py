@@ -383,6 +383,8 @@ def train(cfg: TrainConfig, *, explicit: set[str] | None = None) -> dict[str, An
         cfg = saved.__class__(**{**saved.to_dict(), "resume": True, "out": cfg.out, "progress": cfg.progress})
 
     entry = get_entry(cfg.model)  # unknown names → ValueError with suggestions
+    if entry.spec is not None and cfg.img_size is None:
+        cfg.img_size = int(entry.spec["img_size"])  # an architecture spec was chosen for its resolution
     rt = setup_runtime(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         cfg = resolve_config(cfg, family=entry.family, world_size=rt.world_size)
@@ -465,9 +467,9 @@ def _train(cfg: TrainConfig, entry: Any, rt: Runtime, state: dict[str, Any] | No
         net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
     deliverable = "ema" if ema is not None else "raw"
-    meta_common = dict(model=cfg.model, classes=classes, img_size=img_size, in_chans=in_chans,
-                       model_kwargs=cfg.model_kwargs, mean=mean, std=std, crop_pct=crop_pct,
-                       interpolation=interpolation, weights=deliverable)
+    meta_common = dict(model=cfg.model if entry.spec is None else entry.spec["name"], classes=classes,
+                       img_size=img_size, in_chans=in_chans, model_kwargs=cfg.model_kwargs, mean=mean, std=std,
+                       crop_pct=crop_pct, interpolation=interpolation, weights=deliverable, arch_spec=entry.spec)
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode())
