@@ -314,7 +314,7 @@ def write_pareto_png(path: Path, result: SearchResult, evals: dict[tuple, dict[s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.2))
+    fig, ax = plt.subplots(figsize=(8, 6.2))
     lat = [c.latency_ms for c in result.history]
     acc = [evals[c.subnet.key()]["top1"] for c in result.history]
     ax.scatter(lat, acc, s=12, c="0.6", label=f"evaluated ({len(lat)}, supernet weights, search split)")
@@ -329,7 +329,7 @@ def write_pareto_png(path: Path, result: SearchResult, evals: dict[tuple, dict[s
     y_lo, y_hi = ax.get_ylim()
     for z in zoo:
         ax.axvline(z["latency_ms"], c="tab:purple", ls=":", lw=1)
-        ax.text(z["latency_ms"], y_lo + 0.02 * (y_hi - y_lo), " " + z["name"], rotation=90, va="bottom",
+        ax.text(z["latency_ms"], y_hi - 0.02 * (y_hi - y_lo), z["name"] + " ", rotation=90, va="top", ha="right",
                 fontsize=7, color="tab:purple")
     ax.plot([], [], c="tab:purple", ls=":", label=f"zoo models at {zoo[0]['img_size'] if zoo else 64} px "
                                                        "(latency only: not trained here)")
@@ -338,7 +338,8 @@ def write_pareto_png(path: Path, result: SearchResult, evals: dict[tuple, dict[s
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"Architecture search: {report['space']['name']} on {report['hardware']}, "
                  f"target {report['target_ms']:g} ms")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylim(y_lo, y_hi)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
