@@ -145,3 +145,13 @@ def test_block_roofline_fallback_equals_the_whole_model_roofline() -> None:
             model = build_arch(make_arch_spec(cfg, name="x", img_size=s.resolution), num_classes=10)
         whole = roofline(profile(model, (1, 3, s.resolution, s.resolution)), get_hardware("phone_cpu")).latency_ms
         assert pred.predict_ms(cfg, s.resolution) == pytest.approx(whole, rel=1e-9)
+
+
+def test_supernet_learns_from_a_trained_teacher(run_dir: Path, tmp_path: Path) -> None:
+    from edgezoo.search.supernet_train import SearchData, SupernetConfig, train_supernet
+
+    space = dataclasses.replace(TINY, resolutions=(16,))
+    cfg = SupernetConfig(out=str(tmp_path / "t"), epochs=1, progress=False, calib_images=32,
+                         teacher_checkpoint=str(run_dir))
+    net, _, summary = train_supernet(cfg, space, data=SearchData(cfg, space))
+    assert summary["history"][0]["train_loss"] > 0 and "largest_top1" in summary["history"][0]

@@ -8,13 +8,14 @@ Outputs in the run directory::
     pareto.png            search accuracy vs predicted latency, the Pareto front, the choice and zoo models
     search.json           every architecture evaluated (inherited search-split accuracy/loss, latency)
     supernet.safetensors  the trained supernet; supernet_state.pt its resumable state
-    retrain/              the winner's training run (edgezoo train layout)
+    retrain-<id>/         the winner's training run (edgezoo train layout), one folder per architecture
 
 Every phase resumes: the supernet from its last finished epoch, the search from ``search.json`` (it is cheap and
 deterministic given the supernet), the retraining through the training engine's own resumption.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -91,8 +92,14 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
                strategy: str = "two-stage", budget: int = 96, supernet_epochs: int = 12,
                retrain_epochs: int | None = None, latency_source: str = "roofline", table: str | None = None,
                reward: str = "hard", w: float = MNASNET_W, num_random: int = 2, seed: int = 0, progress: bool = True,
+               teacher_checkpoint: str | None = None,
+               latency_fn: Callable[[Any, int], float] | None = None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the whole search; returns the report written to ``out/report.json``."""
+    """Run (or resume) the whole search; returns the report written to ``out/report.json``.
+
+    ``latency_fn(config, img_size) -> ms`` replaces the hardware's predictor when given (any callable works);
+    ``teacher_checkpoint`` (a run trained on the same data) teaches the supernet's largest subnet.
+    """
     from .supernet_train import SearchData, SupernetConfig, evaluate_subnet, train_supernet
 
     t_start = time.perf_counter()
@@ -108,6 +115,12 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
         raise ValueError(f"minutes must be > 0, got {minutes!r}")
 
     predictor = make_latency_predictor(hardware, latency_source, table)
+    if latency_fn is not None:
+        class _Given:
+            source = "given"
+            predict_ms = staticmethod(latency_fn)
+
+        predictor = _Given()
 
     def latency_fn(subnet: Subnet) -> float:
         return float(predictor.predict_ms(space.to_config(subnet), subnet.resolution))
@@ -135,7 +148,7 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
         _check_spec_space(out / "arch.yaml", space)
 
     sn_cfg = SupernetConfig(data=data, out=str(out), epochs=supernet_epochs, num_random=num_random, seed=seed,
-                            progress=progress)
+                            progress=progress, teacher_checkpoint=teacher_checkpoint)
     sdata = SearchData(sn_cfg, space)
     if not run_path.is_file():
         if minutes is not None:
@@ -216,7 +229,9 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
     t0 = time.perf_counter()
     from ..train import build_config, train
 
-    retrain_dir = out / "retrain"
+    # one retraining folder per architecture: resuming a run whose search found another one must not mix them
+    arch_id = hashlib.sha1(json.dumps(spec["config"], sort_keys=True).encode()).hexdigest()[:8]
+    retrain_dir = out / f"retrain-{arch_id}"
     overrides: dict[str, Any] = {"model": str(out / "arch.yaml"), "data": data, "out": str(retrain_dir),
                                  "seed": seed, "progress": progress}
     if retrain_epochs is not None:
@@ -252,6 +267,7 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
         "largest_ms": round(largest_ms, 5),
         "seconds": {"supernet": round(supernet_s, 1), "search": round(search_s, 1), "retrain": round(retrain_s, 1),
                     "total": round(time.perf_counter() - t_start, 1)},
+        "retrain_dir": retrain_dir.name,
         "supernet": {k: sn_summary[k] for k in ("epochs", "seconds", "train_images", "search_images", "params")},
         "pareto": [{"arch": c.subnet.describe(), "latency_ms": round(c.latency_ms, 5),
                     "search_top1": evals[c.subnet.key()]["top1"]} for c in pareto_front(result.history)],
