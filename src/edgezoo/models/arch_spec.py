@@ -301,6 +301,14 @@ def spec_family(spec: Mapping[str, Any]) -> str:
     """The training-recipe family of a spec's model (``mobilenetv4`` or what a pruned spec names)."""
     if spec["kind"] == "mobilenetv4":
         return MNV4_FAMILY
+    base = spec.get("base")  # a pruned model trains with its base model's recipe
+    if isinstance(base, str):
+        from ..registry import get_entry
+
+        try:
+            return get_entry(base).family
+        except ValueError:
+            pass
     return str(spec.get("family", spec["kind"]))
 
 

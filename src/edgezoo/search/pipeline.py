@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,8 +76,7 @@ def _estimate_epochs(space: SearchSpace, minutes: float, batch: int, n_train: in
     net = Supernet(space, num_classes=10).train()
     x = torch.randn(batch, 3, max(space.resolutions), max(space.resolutions))
     y = torch.randint(0, 10, (batch,))
-    subs = [space.largest(), space.smallest()] + [space.sample(__import__("random").Random(i))
-                                                  for i in range(num_random)]
+    subs = [space.largest(), space.smallest()] + [space.sample(random.Random(i)) for i in range(num_random)]
     times = []
     for _ in range(2):
         t0 = time.perf_counter()
