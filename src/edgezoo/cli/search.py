@@ -51,7 +51,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         resume=args.resume, space=space, strategy=args.strategy, budget=args.budget,
         supernet_epochs=args.supernet_epochs, retrain_epochs=args.retrain_epochs,
         latency_source=args.latency_source, table=args.table, reward=args.reward, seed=args.seed,
-        progress=not args.no_progress, teacher_checkpoint=args.teacher_checkpoint, log=(lambda m: None) if args.json else print,
+        progress=not (args.no_progress or args.json), teacher_checkpoint=args.teacher_checkpoint, log=(lambda m: None) if args.json else print,
     )
     if args.json:
         print(json.dumps({k: report[k] for k in ("hardware", "target_ms", "predicted_latency_ms", "top1", "arch",
