@@ -221,7 +221,6 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
             log(f"resuming the supernet after epoch {start_epoch}/{cfg.epochs}")
 
     largest, smallest = space.largest(), space.smallest()
-    max_res = max(space.resolutions)
     if start_epoch == 0 and cfg.progress:
         log(f"supernet: space {space.name!r} ({space.num_subnets():.3g} subnets), {n_train} train / "
             f"{data.num_search} search images, {cfg.epochs} epochs, sandwich of 2 + {cfg.num_random} subnets, "
