@@ -212,5 +212,10 @@ def read_trained_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
             meta[k] = float(raw[k])
     except (KeyError, ValueError) as exc:
         raise ValueError(f"checkpoint {str(p)!r} has damaged edgezoo training metadata: {exc}") from None
+    if "arch_spec" in raw:  # weights of an architecture from a spec file carry the spec itself
+        try:
+            meta["arch_spec"] = json.loads(raw["arch_spec"])
+        except ValueError as exc:
+            raise ValueError(f"checkpoint {str(p)!r} has a damaged arch_spec in its metadata: {exc}") from None
     meta["path"] = str(p)
     return meta

@@ -95,8 +95,21 @@ def load_weights(model: nn.Module, name: str, state_dict: Mapping[str, Tensor], 
     return source
 
 
+def _check_spec_checkpoint(entry: Any, meta: dict[str, Any], checkpoint: Any) -> None:
+    """Weights written for a spec carry that spec; refuse weights of another architecture with one clear line."""
+    from .models.arch_spec import spec_identity
+
+    saved = meta.get("arch_spec")
+    if saved is None:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} holds model {meta['model']!r}, not the architecture of "
+                         f"spec {entry.name!r}")
+    if spec_identity(saved) != spec_identity(entry.spec):
+        raise ValueError(f"checkpoint {str(checkpoint)!r} does not match architecture spec {entry.name!r}: it was "
+                         f"saved for architecture {saved.get('name')!r}, whose blocks differ")
+
+
 def create_model(
-    name: str,
+    name: str | Mapping[str, Any],
     *,
     num_classes: int | None = None,
     in_chans: int | None = None,
@@ -107,7 +120,7 @@ def create_model(
     checkpoint: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> EdgeModel:
-    """Build model ``name`` (timm's naming).
+    """Build model ``name`` (timm's naming), or the architecture of a spec file / mapping (``arch.yaml``).
 
     ``img_size`` is the training/inference resolution the model is set up for (convnets run at any size anyway;
     ViT and Mixer size their position embedding / token MLP by it). ``checkpoint`` may be a ``.safetensors``,
@@ -120,7 +133,9 @@ def create_model(
     entry = get_entry(name)
     meta = read_trained_metadata(checkpoint) if checkpoint is not None else None
     if meta is not None:
-        if meta["model"] != name:
+        if entry.spec is not None:
+            _check_spec_checkpoint(entry, meta, checkpoint)
+        elif meta["model"] != name:
             raise ValueError(f"checkpoint {str(checkpoint)!r} holds model {meta['model']!r}, not {name!r}")
         num_classes = meta["num_classes"] if num_classes is None else num_classes
         in_chans = meta["in_chans"] if in_chans is None else in_chans
@@ -147,7 +162,13 @@ def create_model(
         return model
 
     model = build()
-    if checkpoint is not None:
+    if checkpoint is not None and entry.spec is not None:  # a spec's weights are edgezoo's own keys
+        try:
+            load_weights(model, entry.name, load_state_dict_file(checkpoint), source="edgezoo")
+        except ValueError as exc:
+            raise ValueError(f"checkpoint {str(checkpoint)!r} does not match architecture spec {entry.name!r}: "
+                             f"{str(exc).split('; ', 1)[-1]}") from None
+    elif checkpoint is not None:
         state = load_state_dict_file(checkpoint)
         state, source = match_state_dict(name, model, state)
         # Settings the source's weights need but do not store (e.g. torchvision's BN eps); explicit overrides win.

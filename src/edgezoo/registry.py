@@ -9,6 +9,7 @@ import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from torch import nn
@@ -22,6 +23,8 @@ class ModelEntry:
     default_cfg: dict[str, Any]
     # Known ImageNet-1k top-1 (percent) of the reference weights, for Pareto plots; None when unknown.
     imagenet_top1: float | None = None
+    # Set for architectures read from a spec file (edgezoo.models.arch_spec) rather than registered by name.
+    spec: dict[str, Any] | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -48,8 +51,17 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
-def get_entry(name: str) -> ModelEntry:
-    """The registry entry for ``name``; unknown names raise ``ValueError`` suggesting the closest ones."""
+def get_entry(name: str | Mapping[str, Any]) -> ModelEntry:
+    """The registry entry for ``name``; unknown names raise ``ValueError`` suggesting the closest ones.
+
+    ``name`` may also be an architecture spec (a ``*.yaml`` path or a parsed mapping, see
+    :mod:`edgezoo.models.arch_spec`): the entry then builds that architecture, so every command that takes a model
+    name takes a spec too.
+    """
+    if isinstance(name, Mapping) or (isinstance(name, str) and name.lower().endswith((".yaml", ".yml"))):
+        from .models.arch_spec import spec_entry
+
+        return spec_entry(name)
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {name!r}")
     try:

@@ -30,8 +30,8 @@ STATE_FILE = "state.pt"
 
 def make_metadata(*, model: str, classes: list[str], img_size: int, in_chans: int, model_kwargs: Mapping[str, Any],
                   mean: Any, std: Any, crop_pct: float, interpolation: str, weights: str, epoch: int,
-                  top1: float) -> dict[str, str]:
-    return {
+                  top1: float, arch_spec: Mapping[str, Any] | None = None) -> dict[str, str]:
+    meta = {
         "format": METADATA_FORMAT,
         "model": model,
         "num_classes": str(len(classes)),
@@ -47,6 +47,9 @@ def make_metadata(*, model: str, classes: list[str], img_size: int, in_chans: in
         "epoch": str(int(epoch)),
         "top1": f"{float(top1):.4f}",
     }
+    if arch_spec is not None:  # the weights rebuild their architecture without the spec file
+        meta["arch_spec"] = json.dumps(dict(arch_spec), sort_keys=True)
+    return meta
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str]) -> None:
@@ -66,6 +69,9 @@ def load_trained_model(checkpoint: str | os.PathLike, *, model: str | None = Non
             f"checkpoint {str(checkpoint)!r} carries no edgezoo training metadata (model, classes); "
             "use a file written by `edgezoo train`"
         )
+    if "arch_spec" in meta:  # an architecture from a spec file: the weights carry the spec
+        net = create_model(model if model is not None else meta["arch_spec"], checkpoint=meta["path"])
+        return net.eval(), meta
     if model is not None and model != meta["model"]:
         raise ValueError(f"checkpoint {str(checkpoint)!r} holds model {meta['model']!r}, not {model!r}")
     net = create_model(meta["model"], checkpoint=meta["path"])  # the metadata sets classes, size and overrides

@@ -410,6 +410,8 @@ def train(cfg: TrainConfig, *, explicit: set[str] | None = None) -> dict[str, An
                 return finished
 
     entry = get_entry(cfg.model)  # unknown names → ValueError with suggestions
+    if entry.spec is not None and cfg.img_size is None:
+        cfg.img_size = int(entry.spec["img_size"])  # an architecture spec was chosen for its resolution
     rt = setup_runtime(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         cfg = resolve_config(cfg, family=entry.family, world_size=rt.world_size)
@@ -543,9 +545,9 @@ def _train(cfg: TrainConfig, entry: Any, rt: Runtime, state: dict[str, Any] | No
 
         net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
-    meta_common = dict(model=cfg.model, classes=classes, img_size=img_size, in_chans=in_chans,
-                       model_kwargs=cfg.model_kwargs, mean=mean, std=std, crop_pct=crop_pct,
-                       interpolation=interpolation)
+    meta_common = dict(model=cfg.model if entry.spec is None else entry.spec["name"], classes=classes,
+                       img_size=img_size, in_chans=in_chans, model_kwargs=cfg.model_kwargs, mean=mean, std=std,
+                       crop_pct=crop_pct, interpolation=interpolation, arch_spec=entry.spec)
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume or not (out / CONFIG_FILE).is_file():  # a resumed run keeps the file it started with

@@ -1,0 +1,114 @@
+"""Proxy quality of the supernet: do inherited accuracies rank architectures like training them from scratch?
+
+Picks ``--n`` architectures of the search space spanning its predicted-latency range (random subnets sorted by
+latency, taken at evenly spaced quantiles), retrains each from scratch with ``edgezoo train --arch`` (the digits
+recipe, ``--epochs``), evaluates the final weights on the held-out split, and compares with the same
+architectures' accuracy and loss on the search split with weights inherited from a trained supernet (BatchNorm
+re-estimated), reporting Kendall's tau. Retraining is resumable (results are saved after every architecture), and
+does not need the supernet, so it can run while the supernet trains:
+
+    PYTHONPATH=src python benchmarks/search_proxy.py --work /tmp/proxy --retrain           # phase 1
+    PYTHONPATH=src python benchmarks/search_proxy.py --work /tmp/proxy --supernet RUN      # phase 2 (RUN: a search run)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+
+def pick_subnets(space, n: int, seed: int, hardware: str):
+    from edgezoo.search.pipeline import make_latency_predictor
+
+    pred = make_latency_predictor(hardware)
+    rng = random.Random(seed)
+    pool = {}
+    for _ in range(40 * n):
+        s = space.canonical(space.sample(rng))
+        pool[s.key()] = s
+    ranked = sorted(pool.values(), key=lambda s: pred.predict_ms(space.to_config(s), s.resolution))
+    idx = [round(i * (len(ranked) - 1) / (n - 1)) for i in range(n)]
+    return [(ranked[i], pred.predict_ms(space.to_config(ranked[i]), ranked[i].resolution)) for i in idx]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--n", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=8, help="retraining epochs per architecture")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hardware", default="phone_cpu")
+    ap.add_argument("--retrain", action="store_true", help="phase 1: retrain the architectures from scratch")
+    ap.add_argument("--supernet", default=None, help="phase 2: a search run dir with supernet.safetensors")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from edgezoo.checkpoint import atomic_write_bytes
+    from edgezoo.models.arch_spec import make_arch_spec, save_arch_spec
+    from edgezoo.search.space import DIGITS_SPACE as space
+    from edgezoo.search.space import Subnet
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    res_path = work / "proxy.json"
+    results = json.loads(res_path.read_text()) if res_path.is_file() else {"archs": []}
+    if not results["archs"]:
+        for s, lat in pick_subnets(space, args.n, args.seed, args.hardware):
+            results["archs"].append({"subnet": s.to_dict(), "arch": s.describe(), "latency_ms": lat})
+        atomic_write_bytes(res_path, json.dumps(results, indent=1).encode())
+
+    if args.retrain:
+        from edgezoo.train import build_config, evaluate_checkpoint, train
+
+        for i, a in enumerate(results["archs"]):
+            if "retrained_top1" in a:
+                continue
+            s = Subnet.from_dict(a["subnet"])
+            spec = make_arch_spec(space.to_config(s), name=f"proxy-{i}", img_size=s.resolution,
+                                  space=space.identity())
+            d = work / f"arch{i:02d}"
+            save_arch_spec(spec, d / "arch.yaml")
+            t0 = time.perf_counter()
+            resume = (d / "run" / "state.pt").is_file()
+            train(build_config({"model": str(d / "arch.yaml"), "out": str(d / "run"), "epochs": args.epochs,
+                                "progress": False, "resume": resume}))
+            ev = evaluate_checkpoint(d / "run" / "last.safetensors", "digits")
+            a.update(retrained_top1=ev["top1"], retrained_loss=ev["loss"], retrain_s=time.perf_counter() - t0)
+            atomic_write_bytes(res_path, json.dumps(results, indent=1).encode())
+            print(f"{i}: {a['arch']}  {a['latency_ms']:.3f} ms  retrained top-1 {ev['top1']:.2f}% loss "
+                  f"{ev['loss']:.4f}  ({a['retrain_s']:.0f}s)", flush=True)
+
+    if args.supernet:
+        from scipy.stats import kendalltau
+
+        from edgezoo.search.supernet_train import SearchData, SupernetConfig, evaluate_subnet, load_supernet
+
+        data = SearchData(SupernetConfig(), space)
+        net = load_supernet(args.supernet, space, len(data.classes), kernel_transform=True)
+        for a in results["archs"]:
+            r = evaluate_subnet(net, data, Subnet.from_dict(a["subnet"]))
+            a.update(inherited_top1=r["top1"], inherited_loss=r["loss"])
+        done = [a for a in results["archs"] if "retrained_top1" in a]
+        if len(done) >= 3:
+            t_acc = kendalltau([a["inherited_top1"] for a in done], [a["retrained_top1"] for a in done])
+            t_loss = kendalltau([a["inherited_loss"] for a in done], [a["retrained_loss"] for a in done])
+            t_lat = kendalltau([a["latency_ms"] for a in done], [a["retrained_top1"] for a in done])
+            results["kendall_tau"] = {"top1": t_acc.statistic, "top1_p": t_acc.pvalue, "loss": t_loss.statistic,
+                                      "loss_p": t_loss.pvalue, "latency_vs_retrained_top1": t_lat.statistic,
+                                      "n": len(done)}
+            print(json.dumps(results["kendall_tau"]))
+        atomic_write_bytes(res_path, json.dumps(results, indent=1).encode())
+        for a in results["archs"]:
+            print(f"| {a['arch']} | {a['latency_ms']:.3f} | {a.get('inherited_top1', float('nan')):.2f} | "
+                  f"{a.get('inherited_loss', float('nan')):.4f} | {a.get('retrained_top1', float('nan')):.2f} | "
+                  f"{a.get('retrained_loss', float('nan')):.4f} |")
+
+
+if __name__ == "__main__":
+    main()

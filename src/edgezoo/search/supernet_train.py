@@ -1,0 +1,306 @@
+"""Training the supernet with the sandwich rule and in-place distillation, through the training engine's parts.
+
+Each step trains the **largest** subnet on the labels (or on a trained teacher), then the **smallest** and ``N``
+random subnets on the largest one's soft predictions ("sandwich rule" + "in-place distillation", Yu & Huang 2019,
+"Universally Slimmable Networks"; BigNAS, Yu et al. 2020), accumulating the gradients of all of them into one
+optimiser step. Training the extremes every step bounds every subnet's accuracy from above and below; the
+distillation target is free (one forward pass) and softer than one-hot labels, which small subnets learn better.
+
+Data, recipe, optimiser, schedule, seeding and resumption come from :mod:`edgezoo.train`: the digits or an
+ImageFolder, MobileNetV4's family recipe (AdamW, warm-up + cosine), progress bars, and an epoch-level state file
+written atomically, so a killed run resumes and ends with the same weights as an uninterrupted one. A **search
+split** is held out (stratified, seeded) from the training split: search accuracy is measured on it, never on the
+validation split, which stays the untouched test set of the found model. Subnets are scored after re-estimating
+BatchNorm statistics on a fixed set of training images (:func:`~edgezoo.search.supernet.recalibrate_bn`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..checkpoint import atomic_torch_save, save_safetensors
+from ..train.checkpoints import rng_state, set_rng_state
+from ..train.config import TrainConfig, resolve_config
+from ..train.data import build_datasets, eval_transform, skip_none_collate
+from ..train.distill import distillation_loss
+from ..train.engine import _epoch_seed, _progress, _seed_everything, make_optimizer, warmup_cosine
+from .space import SearchSpace, Subnet
+from .supernet import Supernet, recalibrate_bn, resize_to
+
+STATE_FILE = "supernet_state.pt"
+WEIGHTS_FILE = "supernet.safetensors"
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class SupernetConfig:
+    """Supernet training settings; ``None`` fields come from MobileNetV4's family recipe for the data."""
+
+    data: str = "digits"
+    out: str = "runs/search"
+    epochs: int = 12
+    batch_size: int = 64
+    num_random: int = 2  # random subnets per step besides the largest and the smallest
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    label_smoothing: float = 0.1
+    kd_temperature: float = 1.0  # in-place distillation: the largest subnet's plain softmax
+    kernel_transform: bool = True
+    search_fraction: float = 0.2  # of the training split, held out to score subnets
+    calib_images: int = 256  # training images for BatchNorm re-estimation of each subnet
+    teacher: str | None = None
+    teacher_checkpoint: str | None = None
+    kd_alpha: float = 0.5
+    seed: int = 0
+    progress: bool = True
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    from sklearn.model_selection import train_test_split
+
+    idx = list(range(len(labels)))
+    n_classes = len(set(labels))
+    n_hold = max(n_classes, int(round(len(labels) * fraction)))
+    keep, hold = train_test_split(idx, test_size=n_hold, stratify=labels, random_state=seed)
+    return sorted(keep), sorted(hold)
+
+
+def _labels(ds: Dataset) -> list[int]:
+    labels = getattr(ds, "labels", None)
+    if labels is None:
+        raise ValueError("the training dataset does not expose its labels")
+    return [int(v) for v in (labels.tolist() if isinstance(labels, Tensor) else labels)]
+
+
+class SearchData:
+    """The training split minus a held-out search split, and cached search / calibration tensors per resolution."""
+
+    def __init__(self, cfg: SupernetConfig, space: SearchSpace) -> None:
+        tcfg = resolve_config(TrainConfig(model="mobilenetv4_conv_small", data=cfg.data, batch_size=cfg.batch_size,
+                                          img_size=max(space.resolutions), seed=cfg.seed, device=cfg.device),
+                              family="mobilenetv4")
+        self.train_cfg = tcfg
+        bundle = build_datasets(tcfg, img_size=max(space.resolutions), mean=MEAN, std=STD, crop_pct=1.0
+                                if cfg.data == "digits" else 0.875)
+        self.classes = bundle.classes
+        full = bundle.train
+        keep, hold = _stratified_split(_labels(full), cfg.search_fraction, cfg.seed)
+        self.train: Dataset = Subset(full, keep)
+        self._base = full
+        self._search_idx = hold
+        rng = random.Random(cfg.seed)
+        self._calib_idx = sorted(rng.sample(keep, min(cfg.calib_images, len(keep))))
+        self.crop_pct = 1.0 if cfg.data == "digits" else 0.875
+        self._cache: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+
+    def _tensors(self, which: str, resolution: int) -> tuple[Tensor, Tensor]:
+        key = (which, resolution)
+        if key not in self._cache:
+            ds = copy.copy(self._base)  # same images, evaluation transform at this resolution
+            ds.transform = eval_transform(img_size=resolution, crop_pct=self.crop_pct, mean=MEAN, std=STD)
+            idx = self._search_idx if which == "search" else self._calib_idx
+            items = [ds[i] for i in idx]
+            items = [it for it in items if it is not None]
+            self._cache[key] = (torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
+        return self._cache[key]
+
+    def search_set(self, resolution: int) -> tuple[Tensor, Tensor]:
+        return self._tensors("search", resolution)
+
+    def calibration_batches(self, resolution: int, batch_size: int = 128) -> list[Tensor]:
+        x, _ = self._tensors("calib", resolution)
+        return list(x.split(batch_size))
+
+    @property
+    def num_search(self) -> int:
+        return len(self._search_idx)
+
+
+@torch.no_grad()
+def evaluate_subnet(net: Supernet, data: SearchData, subnet: Subnet, *, device: torch.device | str = "cpu"
+                    ) -> dict[str, float]:
+    """Top-1 (percent) and loss of ``subnet`` on the search split, after BN re-estimation on calibration images."""
+    model = net.extract(subnet)
+    recalibrate_bn(model, [b.to(device) for b in data.calibration_batches(subnet.resolution)])
+    x, y = data.search_set(subnet.resolution)
+    logits = torch.cat([model(b.to(device)) for b in x.split(256)]).float().cpu()
+    return {"top1": 100.0 * (logits.argmax(1) == y).float().mean().item(),
+            "loss": F.cross_entropy(logits, y).item()}
+
+
+def _build_teacher(cfg: SupernetConfig, num_classes: int) -> nn.Module | None:
+    if cfg.teacher is None and cfg.teacher_checkpoint is None:
+        return None
+    from ..train.checkpoints import load_trained_model
+    from ..train.distill import TeacherAdapter
+
+    if cfg.teacher_checkpoint is None:
+        raise ValueError("a supernet teacher needs teacher_checkpoint (weights trained on this data)")
+    teacher, meta = load_trained_model(cfg.teacher_checkpoint, model=cfg.teacher)
+    if meta["num_classes"] != num_classes:
+        raise ValueError(f"teacher has {meta['num_classes']} classes, the data has {num_classes}")
+    return TeacherAdapter(teacher, student_mean=MEAN, student_std=STD, teacher_mean=meta["mean"],
+                          teacher_std=meta["std"])
+
+
+def _step_rng(seed: int, epoch: int, step: int) -> random.Random:
+    return random.Random(seed * 1_000_003 + epoch * 10_007 + step)
+
+
+def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = False,
+                   log: Callable[[str], None] = print, data: SearchData | None = None,
+                   stop_after_epoch: int | None = None) -> tuple[Supernet, SearchData, dict[str, Any]]:
+    """Train (or resume) the supernet; returns ``(supernet, data, summary)``; writes ``out/supernet.safetensors``.
+
+    ``stop_after_epoch`` ends the process early as a kill would (tests of resumption).
+    """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+    state = None
+    if resume and state_path.is_file():
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"supernet state {str(state_path)!r} could not be read: {exc}") from None
+        if state["space_hash"] != space.hash:
+            raise ValueError(f"the run in {str(out)!r} trained a supernet for another search space "
+                             f"(hash {state['space_hash']}, now {space.hash})")
+        cfg = dataclasses.replace(SupernetConfig(**{k: v for k, v in state["config"].items()
+                                                    if k in {f.name for f in dataclasses.fields(SupernetConfig)}}),
+                                  out=cfg.out, progress=cfg.progress, device=cfg.device)
+    elif not resume and state_path.is_file():
+        raise ValueError(f"--out {str(out)!r} already holds a supernet run; pass --resume or choose another --out")
+
+    device = torch.device(cfg.device)
+    data = data or SearchData(cfg, space)
+    num_classes = len(data.classes)
+    _seed_everything(cfg.seed)
+    net = Supernet(space, num_classes=num_classes, kernel_transform=cfg.kernel_transform).to(device)
+    teacher = _build_teacher(cfg, num_classes)
+    if teacher is not None:
+        teacher.to(device)
+
+    tcfg = dataclasses.replace(data.train_cfg, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, optimizer=None, grad_clip=None)
+    tcfg = resolve_config(tcfg, family="mobilenetv4")
+    optimizer = make_optimizer(tcfg, net)
+    n_train = len(data.train)
+    drop_last = n_train > cfg.batch_size
+    steps_per_epoch = n_train // cfg.batch_size if drop_last else math.ceil(n_train / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total, int(round(tcfg.warmup_epochs * steps_per_epoch)), tcfg.min_lr_ratio))
+    history: list[dict[str, Any]] = []
+    start_epoch, seconds = 0, 0.0
+    if state is not None:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch, seconds = int(state["epoch"]), float(state["seconds"])
+        history = [dict(h) for h in state["history"]]
+        if start_epoch:
+            log(f"resuming the supernet after epoch {start_epoch}/{cfg.epochs}")
+
+    largest, smallest = space.largest(), space.smallest()
+    if start_epoch == 0 and cfg.progress:
+        log(f"supernet: space {space.name!r} ({space.num_subnets():.3g} subnets), {n_train} train / "
+            f"{data.num_search} search images, {cfg.epochs} epochs, sandwich of 2 + {cfg.num_random} subnets, "
+            f"AdamW lr {tcfg.lr:.3g}")
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        _seed_everything(_epoch_seed(cfg.seed, epoch, 0))
+        gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 0))
+        loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last, generator=gen,
+                            num_workers=0, collate_fn=skip_none_collate)
+        net.train()
+        loss_sum, n_seen = 0.0, 0
+        bar = _progress(loader, enabled=cfg.progress, total=steps_per_epoch, desc=f"supernet {epoch + 1}/{cfg.epochs}")
+        for step, batch in enumerate(bar):
+            if batch is None:
+                continue
+            x, y = batch
+            x, y = x.to(device), y.to(device)
+            rng = _step_rng(cfg.seed, epoch, step)
+            optimizer.zero_grad(set_to_none=True)
+            logits = net(resize_to(x, largest.resolution), largest)
+            if teacher is not None:
+                loss = distillation_loss(logits, teacher(x), y, alpha=cfg.kd_alpha, temperature=4.0,
+                                         label_smoothing=cfg.label_smoothing)
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss.backward()
+            t = cfg.kd_temperature
+            soft = F.log_softmax(logits.detach() / t, dim=-1)
+            for sub in [smallest] + [space.sample(rng) for _ in range(cfg.num_random)]:
+                student = net(resize_to(x, sub.resolution), sub)
+                kd = F.kl_div(F.log_softmax(student / t, dim=-1), soft, log_target=True, reduction="batchmean") * t * t
+                kd.backward()
+            if not torch.isfinite(loss):
+                raise ValueError(f"supernet loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
+            nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            n_seen += len(y)
+            if cfg.progress and step % 5 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.close()
+        epoch_s = time.perf_counter() - t0
+        seconds += epoch_s
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "seconds": epoch_s}
+        last = epoch + 1 == cfg.epochs
+        if last or (epoch + 1) % 4 == 0:  # scoring costs a BN re-estimation per subnet: not every epoch
+            row["largest_top1"] = evaluate_subnet(net, data, largest, device=device)["top1"]
+            row["smallest_top1"] = evaluate_subnet(net, data, smallest, device=device)["top1"]
+        history.append(row)
+        if cfg.progress:
+            log(f"supernet epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}"
+                + (f"  search top-1 largest {row['largest_top1']:.2f}% smallest {row['smallest_top1']:.2f}%"
+                   if "largest_top1" in row else "") + f"  {epoch_s:.1f}s")
+        atomic_torch_save({
+            "epoch": epoch + 1, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rng_state(), "seconds": seconds, "history": history,
+            "config": cfg.to_dict(), "space_hash": space.hash,
+        }, state_path)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and not last:
+            raise KeyboardInterrupt(f"stopped after epoch {epoch + 1} (as asked)")
+    save_safetensors(net.state_dict(), out / WEIGHTS_FILE, metadata={"space_hash": space.hash})
+    summary = {"epochs": cfg.epochs, "seconds": round(seconds, 2), "history": history,
+               "train_images": n_train, "search_images": data.num_search,
+               "params": sum(p.numel() for p in net.parameters())}
+    return net.eval(), data, summary
+
+
+def load_supernet(out: str | Path, space: SearchSpace, num_classes: int, *, kernel_transform: bool) -> Supernet:
+    """The trained supernet of a run directory."""
+    from ..checkpoint import load_state_dict_file, read_safetensors_metadata
+
+    path = Path(out) / WEIGHTS_FILE
+    meta = read_safetensors_metadata(path)
+    if meta.get("space_hash") != space.hash:
+        raise ValueError(f"supernet {str(path)!r} was trained for another search space")
+    net = Supernet(space, num_classes=num_classes, kernel_transform=kernel_transform)
+    net.load_state_dict(load_state_dict_file(path))
+    return net.eval()
+
+
+__all__ = ["SearchData", "SupernetConfig", "evaluate_subnet", "load_supernet", "train_supernet"]
