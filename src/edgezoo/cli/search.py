@@ -110,19 +110,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--space", default="mnv4-conv-s-digits",
                    help="built-in space (mnv4-conv-s-digits, mnv4-hybrid-s-digits) or a space .yaml")
-    p.add_argument("--strategy", default="two-stage", choices=STRATEGIES)
+    p.add_argument("--strategy", default="two-stage", choices=STRATEGIES,
+                   help="MobileNetV4's coarse-to-fine schedule, plain evolution, or the random baseline")
     p.add_argument("--budget", type=_positive_int, default=96, help="architectures to evaluate (default 96)")
     p.add_argument("--reward", default="hard", choices=("hard", "soft"),
                    help="hard latency limit, or MnasNet's soft reward ACC x (LAT/TAR)^-0.07")
-    p.add_argument("--supernet-epochs", type=_positive_int, default=12)
+    p.add_argument("--supernet-epochs", type=_positive_int, default=12,
+                   help="epochs of sandwich-rule supernet training (--minutes may lower it)")
     p.add_argument("--retrain-epochs", type=_positive_int, default=None,
                    help="epochs for retraining the winner (default: the MobileNetV4 digits recipe)")
-    p.add_argument("--latency-source", default="roofline", choices=LATENCY_SOURCES)
+    p.add_argument("--latency-source", default="roofline", choices=LATENCY_SOURCES,
+                   help="roofline on --hardware, a measured per-block table, or the roofline corrected by it")
     p.add_argument("--table", default=None, help="latency table JSON (for --latency-source table/corrected)")
     p.add_argument("--teacher-checkpoint", default=None,
                    help="a run trained on the same data (edgezoo train) that teaches the supernet's largest subnet")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed for the split, sampling and training")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print a JSON summary only")
     p.set_defaults(func=cmd_search)

@@ -24,7 +24,7 @@ _DEMO_FILES = ("state.pt", "best.safetensors", "last.safetensors", "config.yaml"
 # flag name → (TrainConfig field, type, help)
 _TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--model": ("model", str, "model name (see `edgezoo list`); default mobilenetv3_small_050"),
-    "--arch": ("model", str, "an architecture spec file (arch.yaml from `edgezoo search`) to train instead of --model"),
+    "--arch": ("model", str, "an architecture spec file (arch.yaml from `edgezoo search`) to train instead of --model (default: none)"),
     "--data": ("data", str, "'digits' (bundled; the default) or an ImageFolder dir "
                             "(DIR/train + DIR/val, or DIR/<class>/)"),
     "--epochs": ("epochs", int, "number of epochs (default: the family's digits preset on digits, else 30)"),
