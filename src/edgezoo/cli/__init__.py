@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 EXIT_USAGE = 2
-_COMMAND_MODULES = ("models", "analysis", "train", "deploy")
+_COMMAND_MODULES = ("models", "analysis", "train", "deploy", "adapt")
 
 
 class UserError(Exception):

@@ -663,13 +663,14 @@ def load_or_build_table(
 
 def latency_predictor(
     hardware: str, source: str = "roofline", table: str | os.PathLike | None = None, *,
-    engine: str = "auto", threads: int | None = None,
+    engine: str = "auto", threads: int | None = None, build_items: Iterable[Any] | None = None,
 ) -> _Predictor:
     """A latency predictor: ``.predict_ms(config, img_size)``, ``.predict_module_ms(model, shape)``, ``.source``.
 
     ``hardware``: a preset name or ``"host"``. ``source``: ``"roofline"`` (any hardware), ``"table"`` or
     ``"corrected"`` (measured on this host, so ``hardware="host"``); ``table`` is the table file (default: the
-    cached one, built on first use).
+    cached one, built on first use from ``build_items``, default :func:`default_items`; pass ``[]`` to start
+    an empty table that fills as predictions need it).
     """
     check_hardware(hardware)
     if source not in SOURCES:
@@ -679,7 +680,7 @@ def latency_predictor(
     if hardware != "host":
         raise ValueError(f"source {source!r} is measured on this host; use hardware='host' (got {hardware!r}), "
                          "or source='roofline' for a preset")
-    t = load_or_build_table(table, engine=engine, threads=threads)
+    t = load_or_build_table(table, engine=engine, threads=threads, items=build_items)
     if source == "table":
         return TablePredictor(t)
     return CorrectedPredictor(get_hardware("host"), t)
