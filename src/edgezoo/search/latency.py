@@ -205,9 +205,13 @@ def module_units(model: nn.Module, input_shape: Sequence[int]) -> list[ModuleIte
         handles.append(mod.register_forward_pre_hook(hook))
     was_training = model.training
     model.eval()
+    # shapes only: run on the meta device with stand-in weights (the model itself is not modified)
+    state = {k: torch.empty(t.shape, dtype=t.dtype, device="meta")
+             for k, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]}
     try:
         with torch.no_grad():
-            model(torch.zeros(shape))
+            torch.func.functional_call(model, state, (torch.empty(shape, device="meta"),), tie_weights=True,
+                                       strict=False)
     finally:
         for h in handles:
             h.remove()
@@ -499,8 +503,18 @@ class _Predictor:
         return self.predict_items_ms(_items_for(config, img_size, num_classes))
 
     def predict_module_ms(self, model: nn.Module, input_shape: Sequence[int]) -> float:
-        """Predicted batch-1 latency (ms) of any model, from its sequential units (:func:`module_units`)."""
-        return self.predict_items_ms(module_units(model, input_shape))
+        """Predicted batch-1 latency (ms) of any model, from its sequential units (:func:`module_units`; each
+        unit is priced once and remembered by its key, so a search that changes one layer re-prices one unit).
+        Models that cannot be cut into units are priced whole where the source allows it."""
+        try:
+            units = module_units(model, input_shape)
+        except ValueError:
+            return self.predict_whole_ms(model, input_shape)
+        return self.predict_items_ms(units)
+
+    def predict_whole_ms(self, model: nn.Module, input_shape: Sequence[int]) -> float:
+        raise ValueError(f"the {self.source} source prices models block by block; this one cannot be cut into "
+                         "sequential units")
 
 
 class RooflinePredictor(_Predictor):
@@ -519,7 +533,8 @@ class RooflinePredictor(_Predictor):
     def predict_items_ms(self, items: Sequence[Any]) -> float:
         return sum(self.item_ms(it) for it in items)
 
-    def predict_module_ms(self, model: nn.Module, input_shape: Sequence[int]) -> float:
+    def predict_whole_ms(self, model: nn.Module, input_shape: Sequence[int]) -> float:
+        """The roofline of the whole model's profile (functional glue between blocks included)."""
         return roofline(profile(model, tuple(input_shape)), self.hardware).latency_ms
 
 
@@ -592,6 +607,7 @@ class CorrectedPredictor(_Predictor):
         self.hardware = hardware
         self.hardware_name = hardware.name
         self.table = table
+        self._layers: dict[str, list[list[Any]]] = {}
         rows, ys, pooled_rows = [], [], []
         present = [False] * len(FIT_KINDS)
         for entry in table.entries.values():
@@ -622,10 +638,13 @@ class CorrectedPredictor(_Predictor):
         total = 0.0
         for it in items:
             entry = self.table.entries.get(it.key)
-            total += self.layers_ms(entry["layers"] if entry is not None else _layers_of(it))
+            if entry is None and it.key not in self._layers:
+                self._layers[it.key] = _layers_of(it)
+            total += self.layers_ms(entry["layers"] if entry is not None else self._layers[it.key])
         return total + self.fixed_ms
 
-    def predict_module_ms(self, model: nn.Module, input_shape: Sequence[int]) -> float:
+    def predict_whole_ms(self, model: nn.Module, input_shape: Sequence[int]) -> float:
+        """The corrected roofline of the whole model's profile (functional glue between blocks included)."""
         prof = profile(model, tuple(input_shape))
         return self.layers_ms([[layer.kind, layer.macs, layer.bytes] for layer in prof.layers]) + self.fixed_ms
 

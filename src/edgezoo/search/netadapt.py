@@ -57,6 +57,7 @@ class NetAdaptSettings:
     decrement_decay: float = 0.96  # the decrement shrinks by this factor each step (the paper's schedule)
     round_to: int = 8  # channel counts move in multiples of this (smaller groups by 1)
     candidates: int = 6  # proposals per step that get the short-term fine-tune
+    max_groups: int | None = None  # layers probed per step (a seeded sample); None: all, as in the paper
     finetune_steps: int = 30  # short-term fine-tune: SGD steps per proposal
     long_epochs: int = 3  # long-term fine-tune of the result, epochs over the training split
     batch_size: int = 32
@@ -279,8 +280,6 @@ def netadapt(
         raise NetAdaptError(f"{meta['model']} has no prunable channel groups")
     base_sizes = {name: g.size for name, g in base_groups.items()}
     start_ms = predict(model)
-    say(f"{meta['model']}: predicted {start_ms:.3f} ms on {hardware} ({predictor.source}); "
-        f"{len(base_groups)} prunable channel groups; target {target_ms:.3f} ms")
     smallest = prune_channels(copy.deepcopy(model),
                               {n: (_counts(g.size, s.round_to) or [g.size])[-1] for n, g in base_groups.items()},
                               shape)
@@ -288,6 +287,8 @@ def netadapt(
     if target_ms < floor_ms:
         raise NetAdaptError(f"target {target_ms:g} ms is below the smallest reachable latency {floor_ms:.3f} ms "
                             f"({meta['model']} with every prunable layer at its minimum, on {hardware})")
+    say(f"{meta['model']}: predicted {start_ms:.3f} ms on {hardware} ({predictor.source}); "
+        f"{len(base_groups)} prunable channel groups; target {target_ms:.3f} ms")
 
     ds = _datasets(data, meta, s)
     base_holdout = accuracy(model, ds.holdout)
@@ -300,11 +301,19 @@ def netadapt(
     step = 0
     while current_ms > target_ms and step < s.max_steps:
         step += 1
-        budget = max(target_ms, current_ms - decrement)
-        decrement *= s.decrement_decay
         t0 = time.time()
         groups = prunable_groups(model, shape)
-        proposals = [p for g in groups.values() if (p := propose(model, g, budget, predict, s.round_to)) is not None]
+        if s.max_groups is not None and len(groups) > s.max_groups:
+            names = random.Random(s.seed + step).sample(sorted(groups), s.max_groups)
+            groups = {n: groups[n] for n in names}
+        proposals: list[Proposal] = []
+        for _ in range(4):  # no single layer reaches the budget: halve this step's decrement and try again
+            budget = max(target_ms, current_ms - decrement)
+            proposals = [p for g in groups.values() if (p := propose(model, g, budget, predict, s.round_to))]
+            if proposals:
+                break
+            decrement /= 2
+        decrement *= s.decrement_decay
         if not proposals:
             say(f"step {step}: no layer can reach {budget:.3f} ms alone; stopping")
             break
