@@ -129,7 +129,7 @@ def test_module_units_cover_a_cnn():
     assert units[0].name == "stem" and units[-1].name == "classifier"
     assert sum(sum(p.numel() for p in u.module.parameters()) for u in units) == sum(
         p.numel() for p in model.parameters())
-    assert units[1].input_shape == (1, 32, 16, 16)
+    assert units[1].input_shape == (1, model.stem.conv.out_channels, 16, 16)
 
 
 def test_bad_hardware_and_source():

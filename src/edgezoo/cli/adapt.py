@@ -50,6 +50,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     settings = NetAdaptSettings(
         finetune_steps=args.finetune_steps, long_epochs=args.long_epochs, candidates=args.candidates,
         max_steps=args.max_steps, decrement=args.decrement, source=args.source, seed=args.seed,
+        max_groups=args.max_groups,
     )
     report = netadapt(args.checkpoint, target_ms=args.target_ms, hardware=args.hardware, out=args.out,
                       data=args.data, settings=settings, table=args.table,
@@ -85,6 +86,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--long-epochs", type=int, default=3, help="long-term fine-tune epochs of the result")
     p.add_argument("--candidates", type=_positive_int, default=6, help="proposals fine-tuned per step")
     p.add_argument("--max-steps", type=_positive_int, default=40)
+    p.add_argument("--max-groups", type=_positive_int, default=None,
+                   help="layers probed per step, a seeded sample (default: all, as in the paper)")
     p.add_argument("--decrement", type=_positive_float, default=0.06,
                    help="first step's latency decrement, fraction of the starting latency")
     p.add_argument("--seed", type=int, default=0)
