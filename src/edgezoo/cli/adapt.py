@@ -50,7 +50,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     settings = NetAdaptSettings(
         finetune_steps=args.finetune_steps, long_epochs=args.long_epochs, candidates=args.candidates,
         max_steps=args.max_steps, decrement=args.decrement, source=args.source, seed=args.seed,
-        max_groups=args.max_groups,
+        max_groups=args.max_groups, minutes=args.minutes,
     )
     report = netadapt(args.checkpoint, target_ms=args.target_ms, hardware=args.hardware, out=args.out,
                       data=args.data, settings=settings, table=args.table,
@@ -90,6 +90,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="layers probed per step, a seeded sample (default: all, as in the paper)")
     p.add_argument("--decrement", type=_positive_float, default=0.06,
                    help="first step's latency decrement, fraction of the starting latency")
+    p.add_argument("--minutes", type=_positive_float, default=None,
+                   help="stop proposing after this many minutes, then fine-tune and write the result")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_adapt)

@@ -65,6 +65,7 @@ class NetAdaptSettings:
     weight_decay: float = 4e-5
     holdout_fraction: float = 0.2  # of the training data, to choose among proposals (the test split is not used)
     max_steps: int = 40
+    minutes: float | None = None  # stop proposing after this long (then the long fine-tune, then the output)
     seed: int = 0
     source: str = "table"  # latency source on "host": "table" or "corrected"; presets use the roofline
 
@@ -300,6 +301,9 @@ def netadapt(
     decrement = s.decrement * start_ms
     step = 0
     while current_ms > target_ms and step < s.max_steps:
+        if s.minutes is not None and time.time() - t_start > 60 * s.minutes:
+            say(f"time budget of {s.minutes:g} min used after {step} steps; stopping")
+            break
         step += 1
         t0 = time.time()
         groups = prunable_groups(model, shape)
