@@ -49,3 +49,13 @@ def test_bench_deploy_forms_compares_equal_outputs():
     row = module.compare("edgenext_xx_small", threads=1, repeats=1, block=1)
     assert row["rel_diff"] <= 1e-4
     assert set(row["ms"]) == {"openvino_forms", "openvino_fold_only", "eager_forms", "eager_fold_only"}
+
+
+def test_latency_predictor_harness_runs(tmp_path, monkeypatch):
+    """One random config at 64 px and one zoo model, measured in eager PyTorch: the harness's whole path."""
+    module = _load("latency_predictor")
+    monkeypatch.setattr(module, "RESOLUTIONS", (64,))
+    res = module.run(1, 1, ["mobilenetv2_035"], "eager", 0, tmp_path / "table.json")
+    assert res["models"] == 2 and res["random_configs"] == 1 and res["zoo_models"] == 1
+    assert all(r["measured_ms"] > 0 and r["table_ms"] > 0 and r["corrected_ms"] > 0 for r in res["rows"])
+    assert 0.0 <= res["table_within_10pct"] <= 1.0

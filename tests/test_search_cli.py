@@ -128,15 +128,15 @@ def test_supernet_resume_gives_the_same_weights(tmp_path: Path) -> None:
         train_supernet(cfg_b, space, data=data)
 
 
-def test_block_roofline_fallback_equals_the_whole_model_roofline() -> None:
+def test_block_roofline_predictor_equals_the_whole_model_roofline() -> None:
     import random
 
     from edgezoo.analysis import get_hardware, profile, roofline
     from edgezoo.models.arch_spec import build_arch, make_arch_spec
-    from edgezoo.search._roofline_fallback import BlockRooflineLatency
+    from edgezoo.search.pipeline import make_latency_predictor
     from edgezoo.search.space import DIGITS_HYBRID_SPACE
 
-    pred = BlockRooflineLatency("phone_cpu", num_classes=10)
+    pred = make_latency_predictor("phone_cpu", "roofline", num_classes=10)
     rng = random.Random(0)
     for _ in range(3):
         s = DIGITS_HYBRID_SPACE.sample(rng)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 EXIT_USAGE = 2
-_COMMAND_MODULES = ("models", "analysis", "train", "deploy", "search")
+_COMMAND_MODULES = ("models", "analysis", "train", "deploy", "search", "adapt")
 
 
 class UserError(Exception):

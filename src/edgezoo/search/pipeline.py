@@ -39,7 +39,7 @@ def make_latency_predictor(hardware: str, source: str = "roofline", table: str |
                            num_classes: int = 10) -> Any:
     """An object with ``predict_ms(config, img_size)`` and ``.source`` for ``hardware``.
 
-    Uses :func:`edgezoo.search.latency.latency_predictor` when present; until then the roofline fallback.
+    Wraps :func:`edgezoo.search.latency.latency_predictor` with the run's number of classes.
     """
     from ..analysis import PRESETS
 
@@ -47,19 +47,20 @@ def make_latency_predictor(hardware: str, source: str = "roofline", table: str |
         raise ValueError(f"unknown hardware {hardware!r}; allowed: {', '.join([*PRESETS, 'host'])}")
     if source not in LATENCY_SOURCES:
         raise ValueError(f"latency source must be one of {list(LATENCY_SOURCES)}, got {source!r}")
-    try:
-        from .latency import latency_predictor  # type: ignore[import-not-found]
-    except ImportError:
-        latency_predictor = None
-    if latency_predictor is not None:
-        return latency_predictor(hardware, source=source, table=table)
-    # --- fallback (delete with _roofline_fallback.py once latency.py is merged) ---
-    if source != "roofline":
-        raise ValueError(f"latency source {source!r} needs edgezoo.search.latency, which this install lacks; "
-                         "use --latency-source roofline")
-    from ._roofline_fallback import BlockRooflineLatency
+    from .latency import latency_predictor
 
-    return BlockRooflineLatency(hardware, num_classes=num_classes)
+    predictor = latency_predictor(hardware, source=source, table=table)
+
+    class _ForClasses:
+        """The predictor, pricing the head for this run's classes (the search's models are not 1000-way)."""
+
+        source = predictor.source
+
+        @staticmethod
+        def predict_ms(config: Any, img_size: int) -> float:
+            return predictor.predict_ms(config, img_size, num_classes=num_classes)
+
+    return _ForClasses()
 
 
 def _json(obj: Any) -> bytes:

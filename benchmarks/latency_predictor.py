@@ -1,0 +1,217 @@
+"""How good are the latency sources of ``edgezoo.search.latency``? Measured against the engine on this host.
+
+For random MobileNetV4 configurations (sampled from the UIB vocabulary: start/mid DW ∈ {none, 3, 5}, expansion
+∈ {2, 3, 4, 6}, per-stage widths and depths, input resolution) and for zoo models, at each thread count:
+
+1. build a latency table of every block they contain (MobileNetV4 configs by :class:`BlockItem`, zoo models by
+   their sequential units) in the engine ``optimize()`` picks (or ``--engine``);
+2. measure every whole model in the same engine — interleaved rounds, medians, since the host may be shared;
+3. report the share of table predictions within ±10 % of the measurement, and the Spearman rank correlation of
+   the corrected roofline (fitted to the table) with the measurement over the zoo models.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/latency_predictor.py --threads 1 2 --configs 50
+
+Writes ``benchmarks/results/latency_predictor.json`` and a scatter plot next to it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import edgezoo
+from edgezoo.analysis import get_hardware
+from edgezoo.analysis.zoo import model_input_shape
+from edgezoo.models.mobilenet_v4 import (
+    ConvSpec,
+    FusedIBSpec,
+    MobileNetV4,
+    MobileNetV4Config,
+    UIBSpec,
+)
+from edgezoo.search.latency import (
+    CorrectedPredictor,
+    ModuleItem,
+    TablePredictor,
+    blocks_of_config,
+    build_latency_table,
+    measure_items,
+    module_units,
+    resolve_engine,
+)
+
+RESULTS = Path(__file__).parent / "results"
+KERNELS = (None, 3, 5)
+EXPANSIONS = (2.0, 3.0, 4.0, 6.0)
+RESOLUTIONS = (96, 128, 160, 192, 224)
+
+
+def random_config(rng: random.Random) -> MobileNetV4Config:
+    """A MobileNetV4-Conv-S-like network with random UIB choices, widths and depths."""
+    mult = rng.choice((0.5, 0.75, 1.0))
+
+    def w(c: int) -> int:
+        return max(8, int(round(c * mult / 8)) * 8)
+
+    def uib(out: int, stride: int) -> UIBSpec:
+        start, mid = rng.choice(KERNELS), rng.choice(KERNELS)
+        if stride > 1 and start is None and mid is None:  # the FFN form has no conv to stride with
+            mid = 3
+        return UIBSpec(out_chs=out, start_dw_kernel=start, mid_dw_kernel=mid, expand_ratio=rng.choice(EXPANSIONS),
+                       stride=stride)
+
+    stages = [(FusedIBSpec(out_chs=w(32), kernel_size=3, expand_ratio=rng.choice((2.0, 4.0)), stride=2),)]
+    for width, depth in ((48, (1, 2, 3)), (96, (2, 3, 4)), (128, (2, 3, 4, 5))):
+        chs = w(width * rng.choice((0.75, 1.0, 1.25)))
+        stages.append(tuple(uib(chs, 2 if i == 0 else 1) for i in range(rng.choice(depth))))
+    stages.append((ConvSpec(out_chs=w(960), kernel_size=1),))
+    return MobileNetV4Config(stem_chs=w(32), stages=tuple(stages), head_chs=1280)
+
+
+ZOO = (
+    "mobilenetv1_050", "mobilenetv1_100",
+    "mobilenetv2_035", "mobilenetv2_100", "mobilenetv2_140",
+    "mobilenetv3_small_100", "mobilenetv3_large_100",
+    "mobilenetv4_conv_small", "mobilenetv4_conv_medium", "mobilenetv4_hybrid_medium",
+    "mobilevit_xxs", "mobilevit_xs",
+    "edgenext_xx_small", "edgenext_small",
+    "vit_tiny_patch16_224", "vit_small_patch16_224",
+    "mixer_s32_224",
+)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=v.__getitem__)
+        r = [0.0] * len(v)
+        for i, j in enumerate(order):
+            r[j] = float(i)
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.mean(ra), statistics.mean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+
+
+def run(threads: int, n_configs: int, zoo: list[str], engine: str, seed: int, table_path: Path) -> dict:
+    rng = random.Random(seed)
+    engine = resolve_engine(engine, threads=threads)
+    print(f"[{threads} thread(s)] engine {engine}", file=sys.stderr, flush=True)
+    cases = []  # (name, items, whole-model item)
+    for i in range(n_configs):
+        cfg = random_config(rng)
+        size = rng.choice(RESOLUTIONS)
+        items = blocks_of_config(cfg, size)
+        model = MobileNetV4(config=cfg, default_cfg={}, num_classes=1000)
+        cases.append((f"random{i}@{size}", items, ModuleItem(f"random{i}", model, (1, 3, size, size)), model))
+    for name in zoo:
+        model = edgezoo.create_model(name).eval()
+        shape = (1, *model_input_shape(name))
+        try:
+            items = module_units(model, shape)
+        except ValueError as exc:
+            print(f"skipping {name}: {exc}", file=sys.stderr)
+            continue
+        cases.append((name, items, ModuleItem(name, model, shape), model))
+
+    t0 = time.time()
+    all_items = [it for _, items, _, _ in cases for it in items]
+    table = build_latency_table(all_items, engine=engine, threads=threads, out=table_path,
+                                progress=lambda d, n: print(f"\r  table {d}/{n}", end="", file=sys.stderr))
+    table_s = time.time() - t0
+    print(f"\n  table: {len(table.entries)} entries in {table_s:.0f}s", file=sys.stderr, flush=True)
+    whole, fixed = measure_items([w for _, _, w, _ in cases], engine=engine, threads=threads, chunk=8)
+    pred_table = TablePredictor(table, measure_missing=False)
+    corrected = CorrectedPredictor(get_hardware("host"), table)
+    rows = []
+    for name, items, w, model in cases:
+        measured = whole[w.key] + fixed  # measure_items removes the per-call cost; a model call pays it
+        rows.append(dict(
+            name=name, zoo=not name.startswith("random"), measured_ms=measured,
+            table_ms=pred_table.predict_items_ms(items),
+            corrected_ms=corrected.predict_whole_ms(model, w.input_shape),
+        ))
+    for r in rows:
+        r["table_err"] = r["table_ms"] / r["measured_ms"] - 1
+    within = [abs(r["table_err"]) <= 0.10 for r in rows]
+    zoo_rows = [r for r in rows if r["zoo"]]
+    return dict(
+        threads=threads, engine=engine, table_entries=len(table.entries), table_seconds=round(table_s, 1),
+        fixed_ms=table.fixed_ms, models=len(rows), random_configs=n_configs, zoo_models=len(zoo_rows),
+        table_within_10pct=sum(within) / len(within),
+        table_within_10pct_random=statistics.mean(abs(r["table_err"]) <= 0.1 for r in rows if not r["zoo"])
+        if n_configs else None,
+        table_within_10pct_zoo=statistics.mean(abs(r["table_err"]) <= 0.1 for r in zoo_rows) if zoo_rows else None,
+        table_median_abs_err=statistics.median(abs(r["table_err"]) for r in rows),
+        spearman_corrected_zoo=spearman([r["corrected_ms"] for r in zoo_rows], [r["measured_ms"] for r in zoo_rows])
+        if len(zoo_rows) > 2 else None,
+        spearman_table_zoo=spearman([r["table_ms"] for r in zoo_rows], [r["measured_ms"] for r in zoo_rows])
+        if len(zoo_rows) > 2 else None,
+        kind_scale=corrected.kind_scale, layer_ms=corrected.layer_ms, rows=rows,
+    )
+
+
+def plot(results: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6 * len(results), 5))
+    FigureCanvasAgg(fig)
+    for i, res in enumerate(results):
+        ax = fig.add_subplot(1, len(results), i + 1)
+        for zoo, marker, label in ((False, "o", "random MobileNetV4 configs"), (True, "s", "zoo models")):
+            pts = [r for r in res["rows"] if r["zoo"] == zoo]
+            ax.scatter([r["measured_ms"] for r in pts], [r["table_ms"] for r in pts], marker=marker, s=18,
+                       label=f"{label} (table)")
+        ms = [r["measured_ms"] for r in res["rows"]]
+        lo, hi = min(ms) * 0.7, max(ms) * 1.4
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="gray", alpha=0.2, label="±10 %")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"measured latency, {res['engine']} (ms)")
+        ax.set_ylabel("table prediction (ms)")
+        ax.set_title(f"{res['threads']} thread(s): {100 * res['table_within_10pct']:.0f}% within ±10 %", fontsize=10)
+        ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--configs", type=int, default=50, help="random MobileNetV4 configurations")
+    ap.add_argument("--zoo", nargs="*", default=None, help="zoo model names (default: 17 models of all families)")
+    ap.add_argument("--engine", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS / "latency_predictor.json")
+    args = ap.parse_args(argv)
+    zoo = list(ZOO if args.zoo is None else args.zoo)
+    results = []
+    for threads in args.threads:
+        res = run(threads, args.configs, zoo, args.engine, args.seed, args.out.with_name(f"latency_table_{threads}t.json"))
+        results.append(res)
+        print(f"{threads} thread(s), {res['engine']}: {res['models']} models; table predictions within ±10 %: "
+              f"{100 * res['table_within_10pct']:.0f}% (random {100 * (res['table_within_10pct_random'] or 0):.0f}%, "
+              f"zoo {100 * (res['table_within_10pct_zoo'] or 0):.0f}%), median |error| "
+              f"{100 * res['table_median_abs_err']:.1f}%; Spearman over the zoo: corrected roofline "
+              f"{res['spearman_corrected_zoo']}, table {res['spearman_table_zoo']}")
+    import platform
+
+    from edgezoo.search.latency import cpu_name
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"cpu": cpu_name(), "host": platform.node(), "results": results}, indent=1) + "\n")
+    plot(results, args.out.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""``edgezoo latency-table`` and ``edgezoo adapt``: thin wrappers over :mod:`edgezoo.search.latency` and
+:mod:`edgezoo.search.netadapt`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import UserError
+from .analysis import _positive_float, _positive_int
+
+
+def _hardware_names() -> list[str]:
+    from ..analysis.hardware import PRESETS
+
+    return [*PRESETS, "host"]
+
+
+def cmd_latency_table(args: argparse.Namespace) -> int:
+    from ..search.latency import ENGINES, build_latency_table, default_items, resolve_engine
+
+    if args.hardware != "host":
+        raise UserError(f"--hardware {args.hardware!r}: a latency table is measured on this machine; use "
+                        "--hardware host (presets use the roofline, no table needed)")
+    if args.engine not in ENGINES:
+        raise UserError(f"--engine must be one of {list(ENGINES)}, got {args.engine!r}")
+    sizes = tuple(args.img_sizes) if args.img_sizes else (64, 128, 224)
+    items = default_items(sizes)
+    engine = resolve_engine(args.engine, threads=args.threads)
+    print(f"measuring {len(items)} blocks in {engine}, {args.threads or 'default'} thread(s)", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet:
+            print(f"\r{done}/{total} blocks", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    table = build_latency_table(items, engine=engine, threads=args.threads, out=args.out, progress=progress)
+    summary = {"out": str(table.path), "entries": len(table.entries), "engine": table.engine,
+               "threads": table.threads, "fixed_ms": round(table.fixed_ms, 5), "cpu": table.meta["cpu"]}
+    print(json.dumps(summary) if args.json else
+          f"wrote {table.path}: {len(table.entries)} blocks, {table.engine}, {table.threads} thread(s), "
+          f"per-call cost {table.fixed_ms:.4f} ms")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from ..search.netadapt import NetAdaptSettings, netadapt
+
+    if args.hardware not in _hardware_names():
+        raise UserError(f"unknown hardware {args.hardware!r}; allowed: {', '.join(_hardware_names())}")
+    settings = NetAdaptSettings(
+        finetune_steps=args.finetune_steps, long_epochs=args.long_epochs, candidates=args.candidates,
+        max_steps=args.max_steps, decrement=args.decrement, source=args.source, seed=args.seed,
+        max_groups=args.max_groups, minutes=args.minutes,
+    )
+    report = netadapt(args.checkpoint, target_ms=args.target_ms, hardware=args.hardware, out=args.out,
+                      data=args.data, settings=settings, table=args.table,
+                      log=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+    keys = ("hardware", "target_ms", "predicted_latency_ms", "start_predicted_latency_ms", "target_met", "top1",
+            "base_top1", "steps", "seconds")
+    print(json.dumps({k: report[k] for k in keys}))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("latency-table", help="measure a per-block latency table on this host (for search / adapt)")
+    p.add_argument("--hardware", default="host", help="must be 'host': the table is measured here")
+    p.add_argument("--out", default=None, help="table file (default: the edgezoo cache folder)")
+    p.add_argument("--engine", default="auto",
+                   help="onnxruntime | openvino | openvino/pinned | eager | auto (what optimize() picks here)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="threads to measure with (default: torch's)")
+    p.add_argument("--img-sizes", type=_positive_int, nargs="*", default=None, metavar="PX",
+                   help="resolutions of the zoo configs' blocks (default 64 128 224)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_latency_table)
+
+    p = sub.add_parser("adapt", help="NetAdapt: prune a trained model toward a latency target, with fine-tuning")
+    p.add_argument("--checkpoint", required=True, help="run directory or weights written by `edgezoo train`")
+    p.add_argument("--target-ms", type=_positive_float, required=True, help="latency target in milliseconds")
+    p.add_argument("--hardware", default="host", help="a hardware preset or 'host' (measured latency table)")
+    p.add_argument("--out", required=True, help="output folder: arch.yaml, best.safetensors, report.json, pareto.png")
+    p.add_argument("--data", default="digits", help="the data the checkpoint was trained on")
+    p.add_argument("--table", default=None, help="latency table file (host; default: the cached one)")
+    p.add_argument("--source", default="table", choices=["table", "corrected"], help="host latency source")
+    p.add_argument("--finetune-steps", type=_positive_int, default=30, help="short-term fine-tune steps per proposal")
+    p.add_argument("--long-epochs", type=int, default=3, help="long-term fine-tune epochs of the result")
+    p.add_argument("--candidates", type=_positive_int, default=6, help="proposals fine-tuned per step")
+    p.add_argument("--max-steps", type=_positive_int, default=40)
+    p.add_argument("--max-groups", type=_positive_int, default=None,
+                   help="layers probed per step, a seeded sample (default: all, as in the paper)")
+    p.add_argument("--decrement", type=_positive_float, default=0.06,
+                   help="first step's latency decrement, fraction of the starting latency")
+    p.add_argument("--minutes", type=_positive_float, default=None,
+                   help="stop proposing after this many minutes, then fine-tune and write the result")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_adapt)

@@ -1,0 +1,150 @@
+"""Channel pruning (edgezoo.models.pruned) and NetAdapt (edgezoo.search.netadapt)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import edgezoo
+from edgezoo.models.pruned import (
+    build_pruned,
+    channel_groups,
+    filter_importance,
+    prunable_groups,
+    prune_channels,
+    shrink_group,
+)
+
+SHAPE = (1, 3, 32, 32)
+CNNS = ["mobilenetv1_025", "mobilenetv2_035", "mobilenetv3_small_050", "mobilenetv4_conv_small"]
+
+
+def _halve(model):
+    return {name: max(1, g.size // 2) for name, g in prunable_groups(model, SHAPE).items()}
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_build_pruned_is_a_full_model(name):
+    base = edgezoo.create_model(name, num_classes=10)
+    channels = _halve(base)
+    assert channels, "every MobileNet has prunable layers"
+    spec = {"format": "edgezoo-arch/1", "kind": "pruned", "base": name, "base_kwargs": {}, "channels": channels}
+    model = build_pruned(spec, num_classes=10, in_chans=3, img_size=32, drop_path_rate=0.0).eval()
+    assert type(model) is type(base)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in base.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert model(x).shape == (2, 10)
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert pre.shape == (2, model.num_features)
+        feats = model.forward_intermediates(x, list(range(len(model.feature_info))))
+    assert [f.shape[1] for f in feats] == [e["num_chs"] for e in model.feature_info]
+    model.reset_classifier(5)
+    with torch.no_grad():
+        assert model(x).shape == (2, 5)
+    # the spec's channel counts are what the built model has
+    now = {g.name: g.size for g in channel_groups(model, SHAPE)}
+    assert all(now[k] == v for k, v in channels.items())
+
+
+def test_pruned_equals_masked_original():
+    """Removing a block's expansion channels = zeroing their columns in the projection of the original."""
+    torch.manual_seed(0)
+    model = edgezoo.create_model("mobilenetv2_035", num_classes=10).eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+    groups = prunable_groups(model, SHAPE)
+    group = groups["stages.2.1.conv_pw.conv"]  # expansion of a residual block: not tied to anything else
+    assert group.depthwise == ["stages.2.1.conv_dw.conv"] and group.consumers == ["stages.2.1.conv_pwl.conv"]
+    keep = filter_importance(model, group).topk(group.size // 3).indices
+    drop = torch.ones(group.size, dtype=torch.bool)
+    drop[keep] = False
+    masked = edgezoo.create_model("mobilenetv2_035", num_classes=10).eval()
+    masked.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        masked.stages[2][1].conv_pwl.conv.weight[:, drop] = 0
+    shrink_group(model, group, keep)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), masked(x), rtol=1e-4, atol=1e-5)
+
+
+def test_residual_tied_channels_shrink_together():
+    model = edgezoo.create_model("mobilenetv2_035", num_classes=10).eval()
+    tied = [g for g in prunable_groups(model, SHAPE).values() if len(g.producers) > 1]
+    assert tied, "MobileNetV2 stages share their width through residual adds"
+    g = tied[0]
+    prune_channels(model, {g.name: g.size - 2}, SHAPE)
+    for path in g.producers:
+        assert model.get_submodule(path).out_channels == g.size - 2
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_unprunable_layers_are_refused():
+    model = edgezoo.create_model("mobilenetv2_035", num_classes=10)
+    with pytest.raises(ValueError, match="not a prunable channel group"):
+        prune_channels(model, {"classifier": 5}, SHAPE)
+    with pytest.raises(ValueError, match=r"must be an int in \[1, "):
+        prune_channels(model, {"stem.conv": 0}, SHAPE)
+    with pytest.raises(ValueError, match="spec kind"):
+        build_pruned({"format": "edgezoo-arch/1", "kind": "mobilenetv4", "base": "x", "channels": {}})
+
+
+# ------------------------------------------------------------------------------------------------ NetAdapt
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """An (untrained) mobilenetv2_035 saved as `edgezoo train` would, at 32 px on digits."""
+    from edgezoo.train.checkpoints import make_metadata, save_weights
+
+    run = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    model = edgezoo.create_model("mobilenetv2_035", num_classes=10, img_size=32)
+    cfg = model.default_cfg
+    md = make_metadata(model="mobilenetv2_035", classes=[str(i) for i in range(10)], img_size=32, in_chans=3,
+                       model_kwargs={}, mean=cfg["mean"], std=cfg["std"], crop_pct=1.0, interpolation="bicubic",
+                       weights="raw", epoch=1, top1=10.0)
+    save_weights(model, run / "best.safetensors", md)
+    return run
+
+
+@pytest.mark.slow  # ~20 s on an idle 2-core machine (data loading, three fine-tune/eval rounds)
+def test_netadapt_reduces_predicted_latency_monotonically(tiny_run, tmp_path):
+    from edgezoo.search.netadapt import NetAdaptSettings, netadapt
+
+    settings = NetAdaptSettings(finetune_steps=1, candidates=1, long_epochs=0, max_steps=3, batch_size=8,
+                                decrement=0.1, max_groups=3, holdout_fraction=0.05)
+    out = tmp_path / "adapted"
+    report = netadapt(str(tiny_run), target_ms=0.01, hardware="phone_cpu", out=str(out), settings=settings)
+    lat = [h["predicted_ms"] for h in report["history"]]
+    assert len(lat) >= 3 and all(b < a for a, b in zip(lat, lat[1:]))
+    assert report["predicted_latency_ms"] == pytest.approx(lat[-1])
+    for key in ("hardware", "target_ms", "predicted_latency_ms", "top1", "history"):
+        assert key in report
+    for f in ("arch.yaml", "best.safetensors", "report.json", "pareto.png"):
+        assert (out / f).is_file()
+    spec = yaml.safe_load((out / "arch.yaml").read_text())
+    assert spec["format"] == "edgezoo-arch/1" and spec["kind"] == "pruned" and spec["base"] == "mobilenetv2_035"
+    assert spec["channels"]
+    model = build_pruned(spec, num_classes=10, in_chans=3, img_size=32).eval()
+    from edgezoo.checkpoint import load_state_dict_file
+
+    model.load_state_dict(load_state_dict_file(out / "best.safetensors"))
+    assert json.loads((out / "report.json").read_text())["steps"] == len(lat) - 1
+
+
+def test_netadapt_target_below_reach_is_one_line_exit_2(tiny_run, tmp_path, capsys):
+    from edgezoo.cli import main
+
+    rc = main(["adapt", "--checkpoint", str(tiny_run), "--target-ms", "0.000001", "--hardware", "phone_cpu",
+               "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "below the smallest reachable latency" in err
+    rc = main(["adapt", "--checkpoint", str(tiny_run), "--target-ms", "1", "--hardware", "tpu9",
+               "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "unknown hardware 'tpu9'" in err
