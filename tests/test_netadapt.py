@@ -135,6 +135,14 @@ def test_netadapt_reduces_predicted_latency_monotonically(tiny_run, tmp_path):
 
     model.load_state_dict(load_state_dict_file(out / "best.safetensors"))
     assert json.loads((out / "report.json").read_text())["steps"] == len(lat) - 1
+    # an adapted run is an ordinary edgezoo model: the spec loads through create_model, and eval reads the run
+    import edgezoo
+    from edgezoo.cli import main
+
+    loaded = edgezoo.create_model(str(out / "arch.yaml"), checkpoint=str(out / "best.safetensors")).eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert main(["eval", "--checkpoint", str(out), "--json"]) == 0
 
 
 def test_netadapt_target_below_reach_is_one_line_exit_2(tiny_run, tmp_path, capsys):

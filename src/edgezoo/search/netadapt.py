@@ -226,8 +226,12 @@ def _load(checkpoint: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     if meta is None:
         raise ValueError(f"checkpoint {str(checkpoint)!r} carries no edgezoo training metadata; "
                          "use a run written by `edgezoo train`")
-    if meta.get("arch_spec"):  # an earlier `edgezoo adapt` result: prune further from where it stopped
-        spec = json.loads(meta["arch_spec"])
+    saved = meta.get("arch_spec")  # read_trained_metadata has parsed it already
+    if saved is not None and saved.get("kind") != KIND:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} holds a searched architecture ({saved.get('kind')!r} spec); "
+                         "NetAdapt starts from a zoo model's run or an earlier `edgezoo adapt` result")
+    if saved is not None:  # an earlier `edgezoo adapt` result: prune further from where it stopped
+        spec = {k: v for k, v in saved.items() if k in ("format", "kind", "base", "base_kwargs", "channels")}
         model = build_pruned(spec, num_classes=meta["num_classes"], in_chans=meta["in_chans"],
                              img_size=meta["img_size"])
         model.load_state_dict(load_state_dict_file(meta["path"]))
@@ -365,15 +369,19 @@ def _write(out: Path, model: nn.Module, spec: dict[str, Any], meta: dict[str, An
     from ..train.checkpoints import make_metadata, save_weights
 
     out.mkdir(parents=True, exist_ok=True)
-    arch = {**spec, "num_classes": len(classes), "in_chans": int(meta["in_chans"]), "img_size": int(meta["img_size"]),
-            "hardware": report["hardware"], "target_ms": report["target_ms"],
-            "predicted_latency_ms": round(report["predicted_latency_ms"], 4)}
+    # The spec file and the weights' metadata hold the same spec, so create_model(arch.yaml, checkpoint=...) and
+    # `edgezoo eval --checkpoint out` both accept the pair; latency facts go under `latency` (not identity).
+    arch = {"format": spec["format"], "kind": spec["kind"], "name": f"{spec['base']}_netadapt",
+            "img_size": int(meta["img_size"]), "base": spec["base"], "base_kwargs": spec.get("base_kwargs", {}),
+            "channels": spec["channels"],
+            "latency": {"hardware": report["hardware"], "target_ms": report["target_ms"],
+                        "predicted_ms": round(report["predicted_latency_ms"], 4),
+                        "source": report.get("latency_source")}}
     atomic_write_bytes(out / "arch.yaml", yaml.safe_dump(arch, sort_keys=False).encode())
-    md = make_metadata(model="arch.yaml", classes=classes, img_size=int(meta["img_size"]),
+    md = make_metadata(model=arch["name"], classes=classes, img_size=int(meta["img_size"]),
                        in_chans=int(meta["in_chans"]), model_kwargs={}, mean=meta["mean"], std=meta["std"],
                        crop_pct=float(meta.get("crop_pct", 1.0)), interpolation=meta.get("interpolation", "bicubic"),
-                       weights="netadapt", epoch=int(report["steps"]), top1=float(report["top1"]))
-    md["arch_spec"] = json.dumps(spec, sort_keys=True)
+                       weights="netadapt", epoch=int(report["steps"]), top1=float(report["top1"]), arch_spec=arch)
     save_weights(model, out / "best.safetensors", md)
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     plot_history(report, out / "pareto.png")
