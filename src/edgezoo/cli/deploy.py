@@ -144,42 +144,59 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_quantize(args: argparse.Namespace) -> int:
-    import torch
+def _run_meta(checkpoint: str | None) -> dict[str, Any] | None:
+    """The training metadata of ``--checkpoint`` (its preprocessing), or None for weights not written by train."""
+    if checkpoint is None:
+        return None
+    from ..train import read_metadata
 
-    from ..deploy import fuse
-    from ..deploy.quantize import digits_tensors, quantize_int8, top1
+    return read_metadata(checkpoint)
+
+
+def _calib_loader(calib: str, model: Any, meta: dict[str, Any] | None, size: int, limit: int) -> Any:
+    """Calibration images for ``--calib``, preprocessed exactly like the run's evaluation (digits: its train split)."""
+    from ..train import run_eval_loader
+
+    if calib == "digits":
+        loader, _, _ = run_eval_loader("digits", meta=meta, model=model, img_size=size, split="train", limit=limit)
+        return loader
+    root = Path(calib)
+    if not root.is_dir():
+        raise UserError(f"--calib must be 'digits' or an ImageFolder directory, got {calib!r}")
+    folder = root / "val" if (root / "val").is_dir() else root
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    try:
+        loader, _, _ = run_eval_loader(calib, meta=meta, model=model, img_size=size, classes=classes, limit=limit)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(f"--calib {calib!r}: {exc}") from None
+    return loader
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from ..deploy.quantize import loader_top1, quantize_int8
 
     out = Path(args.out)
     parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UserError(f"cannot write --out {args.out!r}: give a file in an existing writable folder")
+    if args.calib != "digits" and not Path(args.calib).is_dir():
+        raise UserError(f"--calib must be 'digits' or an ImageFolder directory, got {args.calib!r}")
     model, size = _load_model(args.name, args.checkpoint, args.img_size)
-    if args.calib == "digits":
-        _, _, calib, labels = digits_tensors(size)
-        calib_x, eval_x, eval_y = calib[: args.calib_images], calib, labels
-    else:
-        from torchvision import datasets, transforms
-
-        if not Path(args.calib).is_dir():
-            raise UserError(f"--calib must be 'digits' or an ImageFolder directory, got {args.calib!r}")
-        cfg = model.default_cfg
-        tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-                                 transforms.Normalize(cfg["mean"], cfg["std"])])
-        ds = datasets.ImageFolder(args.calib, transform=tf)
-        loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-        calib_x = torch.cat([b for b, _ in loader])[: args.calib_images]
-        eval_x, eval_y = None, None
+    meta = _run_meta(args.checkpoint)
+    calib = _calib_loader(args.calib, model, meta, size, args.calib_images)
     try:
-        q = quantize_int8(model, calib_x, backend=args.backend, method=args.method)
+        q = quantize_int8(model, calib, backend=args.backend, method=args.method)
     except ImportError as exc:
         raise UserError(str(exc)) from None
     q.save(out)
     print(f"int8 QDQ model written to {out} (engine: {q.backend}; timings ms: "
           + ", ".join(f"{k} {v:.2f}" for k, v in q.timings_ms.items()) + ")")
-    if eval_x is not None and getattr(model, "num_classes", 0) == 10:
-        fp32 = fuse(model)
-        a32, a8 = top1(fp32, eval_x, eval_y), top1(q, eval_x, eval_y)
+    if args.calib == "digits" and getattr(model, "num_classes", 0) == 10:
+        from ..train import run_eval_loader
+
+        # The held-out split with the run's own preprocessing, the same loader `edgezoo eval` uses.
+        val, _, _ = run_eval_loader("digits", meta=meta, model=model, img_size=size)
+        a32, a8 = loader_top1(model, val), loader_top1(q, val)
         print(f"digits top-1: fp32 {a32:.2f}%  int8 {a8:.2f}%  (change {a8 - a32:+.2f} points)")
     return 0
 
@@ -217,8 +234,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--checkpoint", help="weights: .safetensors/.pth file or training run directory")
     p.add_argument("--calib", default="digits", help="'digits' (bundled) or an ImageFolder directory")
-    p.add_argument("--calib-images", type=_positive_int, default=128)
+    p.add_argument("--calib-images", type=_positive_int, default=128,
+                   help="calibration images (default 128; digits: from its training split, never the held-out one)")
     p.add_argument("--img-size", type=_positive_int)
-    p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax")
+    p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
+                   help="how activation ranges are set from calibration: minmax (default), percentile, entropy")
     p.add_argument("--backend", choices=QUANT_BACKENDS, default="auto")
     p.set_defaults(func=cmd_quantize)
