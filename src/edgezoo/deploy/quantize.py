@@ -74,7 +74,8 @@ def _batches(calibration: Tensor | Iterable[Tensor], batch_size: int) -> list[np
     return [img[None].float().numpy() for chunk in chunks for img in chunk]
 
 
-def _qdq_model(fp32_onnx: bytes, samples: list[np.ndarray], method: str, per_channel: bool) -> bytes:
+def _qdq_model(fp32_onnx: bytes, samples: list[np.ndarray], method: str, per_channel: bool,
+               reduce_range: bool = True) -> bytes:
     q = require("onnxruntime.quantization")
 
     class Reader(q.CalibrationDataReader):
@@ -117,8 +118,8 @@ def _qdq_model(fp32_onnx: bytes, samples: list[np.ndarray], method: str, per_cha
             calibrate_method=methods[method],
             op_types_to_quantize=ops,
             # u8 activations × s8 weights overflow the 16-bit accumulators of AVX2 without VNNI unless weights
-            # use 7 bits; ORT's own recommendation for such CPUs.
-            reduce_range=True,
+            # use 7 bits; ORT's own recommendation for such CPUs (VNNI CPUs accumulate in 32 bits: full 8 bits).
+            reduce_range=reduce_range,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         with open(dst, "rb") as fh:
