@@ -130,9 +130,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
               "in interleaved turns of back-to-back calls with the reference", file=sys.stderr)
     try:
         rows = benchmark(args.names, batches=args.batch, img_size=args.img_size, backend=args.backend,
-                         compare=args.compare, warmup=args.warmup, repeats=args.repeats)
+                         compare=args.compare, warmup=args.warmup, repeats=args.repeats, precision=args.precision)
     except ImportError as exc:
         raise UserError(str(exc)) from None
+    except RuntimeError as exc:  # e.g. bf16 refused on a CPU without native bf16
+        if args.precision is None:
+            raise
+        raise UserError(str(exc).splitlines()[0]) from None
     if args.json:
         print(json.dumps({"device": device_description(), "rows": rows_as_dicts(rows)}, indent=2))
     else:
@@ -330,6 +334,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=_int_list, default=[1], help="comma-separated batch sizes, e.g. 1,8")
     p.add_argument("--img-size", type=_positive_int)
     p.add_argument("--backend", choices=BENCH_BACKENDS, default="eager")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default=None,
+                   help="time the fastest engine at this precision (calibrated on noise: timing only, accuracy is "
+                        "not checked; `edgezoo optimize RUN` makes the guarded choice); replaces --backend")
     p.add_argument("--compare", choices=COMPARE_WITH, help="also time the same model in timm (needs edgezoo[dev])")
     p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--warmup", type=_positive_int, default=5)

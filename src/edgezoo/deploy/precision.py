@@ -51,7 +51,7 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 MIN_CALIBRATION_IMAGES = 16  # fewer gives activation ranges from a handful of images: meaningless
 MAX_CALIBRATION_IMAGES = 300
 DEFAULT_MAX_DROP = 0.5
-SLOW_FACTOR = 3.0  # candidates this many times slower than fp32 in a first timing are dropped before the guard
+SLOW_FACTOR = 10.0  # candidates this many times slower than fp32 in a first timing are dropped before the guard
 Runner = Callable[[Tensor], Tensor]
 
 
