@@ -235,3 +235,49 @@ def test_cli_optimize_target_mistakes(tmp_path, capsys):
     for argv, message in cases:
         rc, out, err = _cli(argv, capsys)
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+# --- QAT ---------------------------------------------------------------------------------------------------------
+def test_qat_runs_and_exports_with_parity(run_dir, tmp_path):
+    import json
+
+    import onnx
+
+    from edgezoo.train.qat import QAT_PARITY_TOL, prepare_qat, qat_finetune
+
+    report = qat_finetune(run_dir, out=tmp_path / "qat", epochs=1, train_limit=96, batch_size=32)
+    assert report["parity"] == "OK" and report["parity_rel_diff"] <= QAT_PARITY_TOL
+    assert report["int8_vs_fake_quant_agreement"] >= 90.0
+    assert report["quantize_linear_nodes"] > 0 and report["fake_quant_top1"] > 20
+    graph = onnx.load(str(tmp_path / "qat" / "model_int8.onnx")).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+    assert json.loads((tmp_path / "qat" / "qat_report.json").read_text())["parity"] == "OK"
+    with pytest.raises(ValueError, match="no Conv2d or Linear"):
+        prepare_qat(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="epochs must be an int"):
+        qat_finetune(run_dir, epochs=0)
+
+
+def test_cli_qat_mistakes_exit_2(run_dir, tmp_path, capsys):
+    cases = [
+        (["train", "--qat"], "--qat needs --checkpoint"),
+        (["train", "--checkpoint", str(run_dir)], "--checkpoint goes with --qat"),
+        (["train", "--qat", "--checkpoint", str(tmp_path / "nope")], "does not exist"),
+        (["train", "--qat", "--checkpoint", str(run_dir), "--mixup", "0.2"], "do not apply: mixup_alpha"),
+    ]
+    for argv, message in cases:
+        rc, out, err = _cli(argv, capsys)
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+# --- bench --precision -------------------------------------------------------------------------------------------
+def test_bench_precision_times_a_lower_precision_engine(capsys):
+    rc, out, err = _cli(["bench", "mobilenetv1_025", "--img-size", "32", "--precision", "int8", "--repeats", "2",
+                         "--warmup", "1", "--json"], capsys)
+    assert rc == 0, err
+    import json
+
+    row = json.loads(out)["rows"][0]
+    assert row["engine"].startswith("int8/") and row["median_ms"] > 0
+    rc, out, err = _cli(["bench", "mobilenetv1_025", "--precision", "int8", "--backend", "onnxruntime"], capsys)
+    assert rc == 2 and "cannot be combined" in err and len(err.strip().splitlines()) == 1

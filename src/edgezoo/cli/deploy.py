@@ -119,6 +119,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from ..bench import benchmark, device_description, pareto_plot, rows_as_dicts
 
+    if args.precision is not None and args.backend not in ("eager", "auto"):
+        raise UserError(f"--precision {args.precision} picks the engine itself; it cannot be combined with "
+                        f"--backend {args.backend}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.plot:
