@@ -52,6 +52,7 @@ FAMILY_MODELS = {
 CONTENDERS = ("edgezoo-int8", "edgezoo-bf16", "edgezoo-fp32", "nncf-ov(timm)", "ort-qdq(timm)", "fp32-ort(timm)",
               "fp32-ov(timm)")
 HERE = Path(__file__).resolve()
+BUILD_REPEATS = 7  # optimize()'s own choice among its candidates; the comparison below is the harness's rounds
 
 
 # --------------------------------------------------------------------------------------------------- worker side
@@ -107,18 +108,21 @@ def build(contender: str, run: str, threads: int):
         from edgezoo.deploy import optimize
 
         if contender == "edgezoo-fp32":
-            eng = optimize(model, x, threads=threads)
+            eng = optimize(model, x, threads=threads, repeats=BUILD_REPEATS, block=3)
             info["variant"] = eng.variant
             return eng, info
         prec = contender.split("-")[1]
         try:
-            eng = optimize(model, x, precision=prec, calib="digits", meta=meta, max_drop=0.5, threads=threads)
+            eng = optimize(model, x, precision=prec, calib="digits", meta=meta, max_drop=0.5, threads=threads,
+                           repeats=BUILD_REPEATS, block=3)
             info["guard"] = "passed"
         except RuntimeError as exc:  # nothing within 0.5 pt: time the fastest anyway and say so
-            eng = optimize(model, x, precision=prec, calib="digits", meta=meta, max_drop=100.0, threads=threads)
+            eng = optimize(model, x, precision=prec, calib="digits", meta=meta, max_drop=100.0, threads=threads,
+                           repeats=BUILD_REPEATS, block=3)
             info["guard"] = f"failed: {exc}"[:300]
         info.update(variant=eng.variant, fp32_top1=eng.fp32_top1, top1=eng.accuracy.get(eng.variant),
-                    candidates={c.name: [c.latency_ms, c.top1, c.status] for c in eng.candidates})
+                    candidates={c.name: [c.latency_ms, c.top1, c.status, c.int8_layers, c.reason]
+                                for c in eng.candidates})
         return eng, info
     ref = _timm_model(meta["model"], model, size)
     calib_x, _ = _digits(meta, "train", limit=300)
@@ -226,8 +230,9 @@ def _python() -> str:
 
 
 def train_run(model: str, out: Path, epochs: int) -> Path:
-    if (out / "best.safetensors").exists():
+    if (out / "report.json").exists():
         return out
+    print(f"training {model} for {epochs} epochs on digits into {out}", file=sys.stderr, flush=True)
     cmd = [_python(), "-m", "edgezoo", "train", "--model", model, "--epochs", str(epochs), "--out", str(out),
            "--no-progress"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -238,6 +243,7 @@ def bench_model(run: Path, contenders, threads: int, rounds: int, block: int, ga
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     procs, infos = {}, {}
     for c in contenders:  # built one at a time, so builds do not disturb each other
+        started = time.time()
         p = subprocess.Popen([_python(), str(HERE), "--worker", c, "--run", str(run), "--threads", str(threads)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                              env=env)
@@ -248,6 +254,8 @@ def bench_model(run: Path, contenders, threads: int, rounds: int, block: int, ga
                 break
         info = json.loads(line[6:]) if line.startswith("ready ") else {"contender": c, "error": "worker died"}
         infos[c] = info
+        print(f"  {run.name}: {c} ready in {time.time() - started:.0f} s"
+              + (f" (error: {info['error'][:120]})" if "error" in info else ""), file=sys.stderr, flush=True)
         if "error" in info:
             p.stdin.close()
             p.wait()

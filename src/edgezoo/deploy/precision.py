@@ -96,6 +96,7 @@ class Candidate:
     latency_ms: float | None = None
     top1: float | None = None
     agreement: float | None = None  # percent of held-out images with the fp32 model's top-1 class
+    int8_layers: str = ""  # OpenVINO engines: how many conv / FC / MatMul layers execute in int8 (see below)
     status: str = "pending"  # chosen | kept | discarded | failed | skipped
     reason: str = ""
 
@@ -276,6 +277,27 @@ def _ov_read(onnx: bytes):
         return ov.Core().read_model(path)
 
 
+def int8_layers(compiled: Any) -> str:
+    """What OpenVINO actually runs in int8: ``"42/53 conv/FC/MatMul in int8, 38 precision reorders"``.
+
+    Read from the compiled model's runtime graph. Layers left in float between int8 ones (an h-swish or SE that
+    splits the chain) show up as fewer int8 layers and more reorders (conversions between f32 and u8/i8).
+    """
+    heavy = int8 = reorders = 0
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        try:
+            kind, prec = rt["layerType"].astype(str), rt["runtimePrecision"].astype(str)
+        except (KeyError, AttributeError, RuntimeError):
+            continue
+        if kind in ("Convolution", "FullyConnected", "MatMul", "Deconvolution"):
+            heavy += 1
+            int8 += prec in ("i8", "u8")
+        elif kind == "Reorder":
+            reorders += 1
+    return f"{int8}/{heavy} conv/FC/MatMul in int8, {reorders} reorders"
+
+
 def _ov_runner(ov_model_or_onnx: Any, threads: int, *, pinned: bool = False, precision_hint: str = "f32") -> Runner:
     from .optimize import openvino_compile
 
@@ -286,7 +308,12 @@ def _ov_runner(ov_model_or_onnx: Any, threads: int, *, pinned: bool = False, pre
         request.infer({0: arr}, share_inputs=True)
         return request.get_output_tensor(0).data.copy()
 
-    return _per_image(one)
+    run = _per_image(one)
+    try:
+        run.int8_layers = int8_layers(compiled)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a diagnostic only
+        run.int8_layers = ""  # type: ignore[attr-defined]
+    return run
 
 
 def _ov_ir_bytes(ov_model: Any) -> dict[str, bytes]:
@@ -337,8 +364,17 @@ def _nncf_int8(onnx: bytes, samples: Tensor, method: str, transformer: bool) -> 
 def _pt2e_int8(folded: nn.Module, example: Tensor, samples: Tensor) -> Runner:
     """PyTorch pt2e static int8 with the x86 Inductor quantizer, compiled by Inductor (oneDNN int8 kernels)."""
     import torch._inductor.config as inductor_config
-    from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
-    import torch.ao.quantization.quantizer.x86_inductor_quantizer as xiq
+
+    try:  # the pt2e flow moved from torch.ao to torchao in recent PyTorch releases
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    except ImportError:
+        try:
+            from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
+            import torch.ao.quantization.quantizer.x86_inductor_quantizer as xiq
+        except ImportError:
+            raise ImportError("int8/pt2e needs PyTorch's pt2e quantization, which this torch no longer ships: "
+                              "pip install torchao") from None
 
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
     graph = torch.export.export(folded, (example,)).module()
@@ -470,6 +506,8 @@ def optimize_precision(
             cand.status, cand.reason = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             return
         runners[name], artifacts[name] = runner, files
+        if prec == "int8":
+            cand.int8_layers = getattr(runner, "int8_layers", "")
 
     if want_int8:
         samples = [calib_x[i : i + 1].numpy() for i in range(len(calib_x))]
