@@ -129,6 +129,10 @@ def build(contender: str, run: str, threads: int):
         return eng, info
     try:
         ref = _timm_model(meta["model"], model, size)
+        with torch.no_grad():  # a twin only counts if it computes what our model computes (same weights)
+            diff = float((ref(x) - model(x)).abs().max() / model(x).abs().max().clamp_min(1e-6))
+        if not diff <= 1e-3:
+            raise RuntimeError(f"timm twin differs by {diff:.2g} (different patch size or weights)")
     except Exception as exc:  # noqa: BLE001 - timm lacks some widths (mobilenetv1_025): same tools on our graph
         from edgezoo.deploy import fuse
 
