@@ -28,12 +28,16 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .export import onnx_bytes, ort_session, rel_diff, require
 from .fuse import fuse
+
+if TYPE_CHECKING:  # precision.py imports this module; only the type is needed here
+    from .precision import PrecisionEngine
 
 BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
 AUTO_CANDIDATES = ("eager", "onnxruntime", "openvino")
@@ -238,7 +242,7 @@ def optimize(
     val=None,
     max_drop: float | None = 0.5,
     **precision_options,
-):
+) -> OptimizedModel | PrecisionEngine:
     """The fastest fp32 inference callable for ``model`` at ``example_input``'s shape.
 
     ``backend`` is ``"auto"`` (measure ``candidates``, default :data:`AUTO_CANDIDATES` that are installed) or one of
