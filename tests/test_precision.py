@@ -281,3 +281,24 @@ def test_bench_precision_times_a_lower_precision_engine(capsys):
     assert row["engine"].startswith("int8/") and row["median_ms"] > 0
     rc, out, err = _cli(["bench", "mobilenetv1_025", "--precision", "int8", "--backend", "onnxruntime"], capsys)
     assert rc == 2 and "cannot be combined" in err and len(err.strip().splitlines()) == 1
+
+
+def test_qdq_keeps_layernorm_float_without_axis_warnings(caplog):
+    """ORT would quantize LayerNorm's rank-1 scale 'per channel on axis 1' and log one warning per LayerNorm."""
+    import logging
+
+    import onnx
+
+    from edgezoo.deploy import quantize_int8
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(2), nn.LayerNorm(16), nn.Linear(16, 16),
+                          nn.LayerNorm(16), nn.Flatten(), nn.Linear(128, 10)).eval()
+    with caplog.at_level(logging.WARNING):
+        q = quantize_int8(model, torch.randn(16, 3, 16, 16), backend="onnxruntime")
+    assert not [r for r in caplog.records if "out-of-range" in r.getMessage()]
+    graph = onnx.load_from_string(q.onnx).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    for node in (n for n in graph.node if n.op_type == "LayerNormalization"):  # its inputs stay float
+        assert all(producers[i].op_type != "DequantizeLinear" for i in node.input if i in producers)
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
