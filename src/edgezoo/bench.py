@@ -109,9 +109,17 @@ def timm_twin(name: str, model: nn.Module, img_size: int) -> nn.Module:
 BLOCK = 5  # back-to-back calls per turn when timing
 
 
-def _engine(backend: str, model: nn.Module, x: Tensor) -> tuple[Callable[[Tensor], Tensor], str]:
-    """(callable, name of the engine that runs it) for one bench backend."""
+def _engine(backend: str, model: nn.Module, x: Tensor, precision: str | None = None) -> tuple[Callable[[Tensor], Tensor], str]:
+    """(callable, name of the engine that runs it) for one bench backend (or, with ``precision``, the fastest
+    engine at that precision; timing only: untrained weights have no accuracy to guard)."""
     from . import deploy
+
+    if precision is not None:
+        gen = torch.Generator().manual_seed(0)
+        calib = torch.randn((16, *x.shape[1:]), generator=gen)  # timing only: ranges do not change the speed
+        eng = deploy.optimize(model, x[:1], precision=precision, calib=calib if precision in ("int8", "auto") else None,
+                              max_drop=None)
+        return eng, eng.variant
 
     if backend == "eager":
         return (lambda t: model(t)), "eager"
@@ -137,6 +145,7 @@ def benchmark(
     warmup: int = 5,
     repeats: int = 20,
     on_row: Callable[[BenchRow], None] | None = None,
+    precision: str | None = None,
 ) -> list[BenchRow]:
     """Time each model at each batch size with ``backend`` (interleaved with eager PyTorch and, if asked, timm).
 
@@ -145,6 +154,14 @@ def benchmark(
     """
     if backend not in BENCH_BACKENDS:
         raise ValueError(f"backend must be one of {list(BENCH_BACKENDS)}, got {backend!r}")
+    if precision is not None:
+        from .deploy.precision import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        if backend not in ("eager", "auto"):
+            raise ValueError(f"precision={precision!r} picks the engine itself; it cannot be combined with backend={backend!r}")
+        backend = "auto"
     if compare is not None and compare not in COMPARE_WITH:
         raise ValueError(f"compare must be one of {list(COMPARE_WITH)}, got {compare!r}")
     if not names:
@@ -164,7 +181,7 @@ def benchmark(
         for batch in batches:
             x = torch.randn(batch, 3, size, size)
             with torch.inference_mode():
-                engine, engine_name = _engine(backend, model, x)
+                engine, engine_name = _engine(backend, model, x, precision)
                 runners = {"ours": lambda: engine(x)}
                 if backend != "eager":
                     runners["eager"] = lambda: model(x)

@@ -147,6 +147,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import benchmark, device_description, pareto_plot, rows_as_dicts
     from ..registry import get_entry
 
+    if args.precision is not None and args.backend not in ("eager", "auto"):
+        raise UserError(f"--precision {args.precision} picks the engine itself; it cannot be combined with "
+                        f"--backend {args.backend}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.plot:
@@ -163,9 +166,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
               "in interleaved turns of back-to-back calls with the reference", file=sys.stderr)
     try:
         rows = benchmark(args.names, batches=args.batch, img_size=args.img_size, backend=args.backend,
-                         compare=args.compare, warmup=args.warmup, repeats=args.repeats)
+                         compare=args.compare, warmup=args.warmup, repeats=args.repeats, precision=args.precision)
     except ImportError as exc:
         raise UserError(str(exc)) from None
+    except RuntimeError as exc:  # e.g. bf16 refused on a CPU without native bf16
+        if args.precision is None:
+            raise
+        raise UserError(str(exc).splitlines()[0]) from None
     if args.json:
         print(json.dumps({"device": device_description(), "rows": rows_as_dicts(rows)}, indent=2))
     else:
@@ -181,46 +188,172 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_quantize(args: argparse.Namespace) -> int:
-    import torch
+def _run_meta(checkpoint: str | None) -> dict[str, Any] | None:
+    """The training metadata of ``--checkpoint`` (its preprocessing), or None for weights not written by train."""
+    if checkpoint is None:
+        return None
+    from ..train import read_metadata
 
+    return read_metadata(checkpoint)
+
+
+def _calib_loader(calib: str, model: Any, meta: dict[str, Any] | None, size: int, limit: int) -> Any:
+    """Calibration images for ``--calib``, preprocessed exactly like the run's evaluation (digits: its train split)."""
+    from ..train import run_eval_loader
+
+    if calib == "digits":
+        loader, _, _ = run_eval_loader("digits", meta=meta, model=model, img_size=size, split="train", limit=limit)
+        return loader
+    root = Path(calib)
+    if not root.is_dir():
+        raise UserError(f"--calib must be 'digits' or an ImageFolder directory, got {calib!r}")
+    folder = root / "val" if (root / "val").is_dir() else root
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    try:
+        loader, _, _ = run_eval_loader(calib, meta=meta, model=model, img_size=size, classes=classes, limit=limit)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(f"--calib {calib!r}: {exc}") from None
+    return loader
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
     from ..analysis.zoo import check_fits_memory
-    from ..deploy import fuse
-    from ..deploy.quantize import digits_tensors, quantize_int8, top1
+    from ..deploy.quantize import loader_top1, quantize_int8
 
     out = Path(args.out)
     parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UserError(f"cannot write --out {args.out!r}: give a file in an existing writable folder")
+    if args.calib != "digits" and not Path(args.calib).is_dir():
+        raise UserError(f"--calib must be 'digits' or an ImageFolder directory, got {args.calib!r}")
     model, size = _load_model(args.name, args.checkpoint, args.img_size)
     check_fits_memory(args.name, size, arg="--img-size")  # the engines calibrate and run batch-1 graphs
-    if args.calib == "digits":
-        _, _, calib, labels = digits_tensors(size)
-        calib_x, eval_x, eval_y = calib[: args.calib_images], calib, labels
-    else:
-        from torchvision import datasets, transforms
-
-        if not Path(args.calib).is_dir():
-            raise UserError(f"--calib must be 'digits' or an ImageFolder directory, got {args.calib!r}")
-        cfg = model.default_cfg
-        tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-                                 transforms.Normalize(cfg["mean"], cfg["std"])])
-        ds = datasets.ImageFolder(args.calib, transform=tf)
-        loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-        calib_x = torch.cat([b for b, _ in loader])[: args.calib_images]
-        eval_x, eval_y = None, None
+    meta = _run_meta(args.checkpoint)
+    calib = _calib_loader(args.calib, model, meta, size, args.calib_images)
     try:
-        q = quantize_int8(model, calib_x, backend=args.backend, method=args.method)
+        q = quantize_int8(model, calib, backend=args.backend, method=args.method)
     except ImportError as exc:
         raise UserError(str(exc)) from None
     q.save(out)
     print(f"int8 QDQ model written to {out} (engine: {q.backend}; timings ms: "
           + ", ".join(f"{k} {v:.2f}" for k, v in q.timings_ms.items()) + ")")
-    if eval_x is not None and getattr(model, "num_classes", 0) == 10:
-        fp32 = fuse(model)
-        a32, a8 = top1(fp32, eval_x, eval_y), top1(q, eval_x, eval_y)
+    if args.calib == "digits" and getattr(model, "num_classes", 0) == 10:
+        from ..train import run_eval_loader
+
+        # The held-out split with the run's own preprocessing, the same loader `edgezoo eval` uses.
+        val, _, _ = run_eval_loader("digits", meta=meta, model=model, img_size=size)
+        a32, a8 = loader_top1(model, val), loader_top1(q, val)
         print(f"digits top-1: fp32 {a32:.2f}%  int8 {a8:.2f}%  (change {a8 - a32:+.2f} points)")
     return 0
+
+
+def _max_drop(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected top-1 points >= 0 (e.g. 0.5) or 'none', got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected top-1 points >= 0 (e.g. 0.5) or 'none', got {text!r}")
+    return value
+
+
+def _engine_list(text: str) -> list[str]:
+    from ..deploy.precision import INT8_ENGINES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in INT8_ENGINES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"expected comma-separated int8 engines from {', '.join(INT8_ENGINES)}, got {text!r}")
+    return names
+
+
+def _model_or_run(target: str, checkpoint: str | None, img_size: int | None) -> tuple[Any, int, dict | None]:
+    """``NAME`` (with ``--checkpoint``) or a training run directory / weights file: (model, size, run metadata)."""
+    from ..train import read_metadata
+
+    if checkpoint is None and (Path(target).exists() or os.sep in target):
+        if not Path(target).exists():
+            raise UserError(f"{target!r} is neither a model name nor an existing run directory")
+        meta = read_metadata(target)
+        if meta is None:
+            raise UserError(f"{target!r} holds no `edgezoo train` run; give a model NAME with --checkpoint FILE")
+        model, size = _load_model(meta["model"], target, img_size)
+        return model, size, meta
+    model, size = _load_model(target, checkpoint, img_size)
+    return model, size, _run_meta(checkpoint)
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..deploy.precision import optimize_precision
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out!r} exists and is not a directory")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"cannot write --out {args.out!r}: {str(existing)!r} is not writable")
+    if args.calib != "digits" and not Path(args.calib).is_dir():
+        raise UserError(f"--calib must be 'digits' or an ImageFolder directory, got {args.calib!r}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, size, meta = _model_or_run(args.target, args.checkpoint, args.img_size)
+    in_chans = int(meta["in_chans"]) if meta else 3
+    example = torch.randn(1, in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    guard = args.max_drop is not None
+    if args.calib == "digits":
+        if guard and getattr(model, "num_classes", 0) != 10:
+            raise UserError(f"the digits accuracy guard needs a model trained on digits (10 classes), this one has "
+                            f"{getattr(model, 'num_classes', '?')}; give a run from `edgezoo train`, or --max-drop none")
+        calib, val = "digits", ("digits" if guard else None)
+    else:
+        calib = _calib_loader(args.calib, model, meta, size, args.calib_images)
+        val = None
+        if guard:
+            from ..train import run_eval_loader
+
+            if meta is None:
+                raise UserError("a folder --calib guards accuracy only for a run from `edgezoo train` (its classes); "
+                                "give one, or --max-drop none")
+            try:
+                val, _, _ = run_eval_loader(args.calib, meta=meta, img_size=size)
+            except (ValueError, FileNotFoundError) as exc:
+                raise UserError(f"--calib {args.calib!r}: {exc}") from None
+    try:
+        engine = optimize_precision(model, example, args.precision, calib=calib, val=val, max_drop=args.max_drop,
+                                    meta=meta, int8_engines=args.int8_engines, method=args.method)
+    except ImportError as exc:
+        raise UserError(str(exc)) from None
+    except RuntimeError as exc:
+        sys.stderr.write(f"edgezoo: {str(exc).splitlines()[0]}\n")
+        return 1
+    written = engine.save(out)
+    _print_precision_table(engine, args.target)
+    print(f"chosen: {engine.variant} ({engine.reason})")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _print_precision_table(engine: Any, title: str) -> None:
+    from rich.table import Table
+
+    from .._console import table_console
+
+    table = Table(title=f"{title}: candidates (batch 1, {engine.threads} threads; latency = interleaved median)")
+    for c in ("candidate", "ms", "×fp32", "top-1 %", "agree %", "status", "why"):
+        table.add_column(c, justify="left" if c in ("candidate", "status", "why") else "right")
+    ref = next((c.latency_ms for c in engine.candidates if c.precision == "fp32" and c.latency_ms), None)
+    for c in engine.candidates:
+        speed = f"{ref / c.latency_ms:.2f}" if ref and c.latency_ms else "-"
+        table.add_row(c.name, f"{c.latency_ms:.3f}" if c.latency_ms else "-", speed,
+                      f"{c.top1:.2f}" if c.top1 is not None else "-",
+                      f"{c.agreement:.1f}" if c.agreement is not None else "-", c.status, c.reason)
+    table_console().print(table)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -248,6 +381,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="eager: PyTorch as built; fused: BatchNorm folded + inference forms; compile: torch.compile; "
                         "onnxruntime / openvino: that engine on the exported graph; int8: ONNX QDQ int8; "
                         "auto: measure the engines and keep the fastest")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default=None,
+                   help="time the fastest engine at this precision (calibrated on noise: timing only, accuracy is "
+                        "not checked; `edgezoo optimize RUN` makes the guarded choice); replaces --backend")
     p.add_argument("--compare", choices=COMPARE_WITH, help="also time the same model in timm (needs edgezoo[dev])")
     p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--warmup", type=_positive_int, default=5, help="untimed calls per engine before timing")
@@ -256,13 +392,34 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", help="write a latency vs GMACs / accuracy plot (PNG)")
     p.set_defaults(func=cmd_bench)
 
+    from ..deploy.precision import CALIBRATION_METHODS as PREC_METHODS, DEFAULT_MAX_DROP, PRECISIONS
+
+    p = sub.add_parser("optimize", help="fastest engine at a precision (fp32/bf16/int8/auto) behind an accuracy guard")
+    p.add_argument("target", metavar="NAME|RUN", help="a model name (with --checkpoint) or a run directory of `edgezoo train`")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (default): fastest of fp32, bf16 (native CPUs only) and int8 that keeps accuracy")
+    p.add_argument("--calib", default="digits",
+                   help="calibration + held-out images: 'digits' (train split calibrates, val split guards) or an ImageFolder")
+    p.add_argument("--max-drop", type=_max_drop, default=DEFAULT_MAX_DROP,
+                   help=f"most top-1 points a candidate may lose vs fp32 (default {DEFAULT_MAX_DROP}); 'none': no guard, timing only")
+    p.add_argument("--out", required=True, help="folder for the chosen artifact(s) and report.json")
+    p.add_argument("--checkpoint", help="weights for NAME: .safetensors/.pth file or run directory")
+    p.add_argument("--img-size", type=_positive_int, help="input resolution (default: the run's / model's)")
+    p.add_argument("--calib-images", type=_positive_int, default=300, help="calibration images from a folder (default 300)")
+    p.add_argument("--int8-engines", type=_engine_list, default=None,
+                   help="comma-separated subset of openvino-nncf,onnxruntime-qdq,openvino-qdq,pt2e (default: all but pt2e)")
+    p.add_argument("--method", choices=PREC_METHODS, default="minmax",
+                   help="activation range estimation: minmax (default), percentile, entropy (NNCF: histogram)")
+    p.add_argument("--threads", type=_positive_int, help="inference threads (default: torch's choice)")
+    p.set_defaults(func=cmd_optimize)
+
     p = sub.add_parser("quantize", help="int8 post-training static quantization (ONNX QDQ) with calibration data")
     p.add_argument("name", help="model name")
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--checkpoint", help="weights: .safetensors/.pth file or training run directory")
     p.add_argument("--calib", default="digits", help="'digits' (bundled) or an ImageFolder directory")
     p.add_argument("--calib-images", type=_positive_int, default=128,
-                   help="how many calibration images set the int8 ranges")
+                   help="calibration images (default 128; digits: from its training split, never the held-out one)")
     p.add_argument("--img-size", type=_positive_int,
                    help="input resolution (default: the checkpoint's training size, else the model's)")
     p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",

@@ -101,7 +101,38 @@ def _run_training(overrides: dict[str, Any], config_file: str | None) -> dict[st
         raise SystemExit(1) from None
 
 
+def cmd_qat(args: argparse.Namespace) -> int:
+    """``train --qat --checkpoint RUN``: fake-quant fine-tuning of a run, int8 QDQ export, parity check."""
+    from ..train.qat import qat_finetune
+
+    given = vars(args)
+    if not given.get("qat"):
+        raise UserError("--checkpoint goes with --qat (fine-tune a run for int8); to continue a run use --resume")
+    if not given.get("qat_checkpoint"):
+        raise UserError("--qat needs --checkpoint RUN (a run directory or weights written by `edgezoo train`)")
+    if not Path(given["qat_checkpoint"]).exists():
+        raise UserError(f"--checkpoint {given['qat_checkpoint']!r} does not exist")
+    allowed = {"epochs", "lr", "batch_size", "out", "data", "seed", "train_subset", "progress"}
+    extra = sorted(k for k in _collect_overrides(args) if k not in allowed)
+    if extra:
+        raise UserError(f"--qat fine-tunes a finished run; these flags do not apply: {', '.join(extra)}")
+    report = qat_finetune(given["qat_checkpoint"], out=given.get("out"), data=given.get("data", "digits"),
+                          epochs=given.get("epochs", 2), lr=given.get("lr", 1e-4),
+                          batch_size=given.get("batch_size", 64), seed=given.get("seed", 0),
+                          train_limit=given.get("train_subset"), progress=not given.get("no_progress", False))
+    if getattr(args, "json", False):
+        print(json.dumps(report))
+    else:
+        print(f"QAT {report['model']}: fp32 top-1 {report['fp32_top1']:.2f}%  fake-quant {report['fake_quant_top1']:.2f}%  "
+              f"int8 (ONNX Runtime) {report['int8_onnxruntime_top1']:.2f}%")
+        print(f"export parity vs fake-quant PyTorch: max |diff| = {report['parity_rel_diff']:.2e} of the output scale "
+              f"-> {report['parity']}; wrote {report['out']}/model_int8.onnx")
+    return 0 if report["parity"] == "OK" else 1
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if getattr(args, "qat", False) or getattr(args, "qat_checkpoint", None):
+        return cmd_qat(args)
     report = _run_training(_collect_overrides(args), getattr(args, "config", None))
     if getattr(args, "json", False) and os.environ.get("RANK", "0") == "0":  # one report per job, not per rank
         print(json.dumps(report))
@@ -191,6 +222,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="continue the run in --out with its saved settings (config.yaml); a finished run says so")
     p.add_argument("--no-progress", action="store_true", default=S, help="no progress bars or summary table")
     p.add_argument("--json", action="store_true", help="print the final report as JSON")
+    p.add_argument("--qat", action="store_true", default=S,
+                   help="quantization-aware fine-tuning of --checkpoint RUN (default 2 epochs, lr 1e-4), "
+                        "then an int8 QDQ ONNX export checked against the fake-quant model")
+    p.add_argument("--checkpoint", dest="qat_checkpoint", default=S, help="with --qat: the run to fine-tune")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of a trained checkpoint")

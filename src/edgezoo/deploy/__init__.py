@@ -5,6 +5,7 @@ ONNX Runtime and OpenVINO are optional (``pip install 'edgezoo[export]'``) and i
 from .export import FORMATS, ExportResult, export_model
 from .fuse import ChannelAffine, FuseReport, fold_bn, fuse, remaining_batchnorms
 from .optimize import BACKENDS, OptimizedModel, available_backends, optimize
+from .precision import PRECISIONS, PrecisionEngine, optimize_precision
 from .quantize import QuantizedModel, digits_tensors, quantize_int8
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "ExportResult",
     "FuseReport",
     "OptimizedModel",
+    "PRECISIONS",
+    "PrecisionEngine",
     "QuantizedModel",
     "available_backends",
     "digits_tensors",
@@ -21,6 +24,7 @@ __all__ = [
     "fold_bn",
     "fuse",
     "optimize",
+    "optimize_precision",
     "quantize_int8",
     "remaining_batchnorms",
 ]

@@ -28,12 +28,16 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .export import onnx_bytes, ort_session, rel_diff, require
 from .fuse import fuse
+
+if TYPE_CHECKING:  # precision.py imports this module; only the type is needed here
+    from .precision import PrecisionEngine
 
 BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
 AUTO_CANDIDATES = ("eager", "onnxruntime", "openvino")
@@ -137,9 +141,10 @@ def _ort_runner(model: nn.Module, example: Tensor, threads: int) -> Runner:
     return run
 
 
-def openvino_compile(onnx: bytes, threads: int, pinned: bool = False, extra_config: dict | None = None):
+def openvino_compile(onnx, threads: int, pinned: bool = False, extra_config: dict | None = None):
     """An OpenVINO CPU ``CompiledModel`` for an ONNX export, with the settings every edgezoo OpenVINO path uses.
 
+    ``onnx`` is the ONNX model's bytes or an ``openvino.Model`` (e.g. NNCF's int8 model, see precision.py).
     ``extra_config`` adds OpenVINO properties (e.g. ``{"PERF_COUNT": True}`` for profiling) on top of them.
     """
     ov = require("openvino")
@@ -153,6 +158,8 @@ def openvino_compile(onnx: bytes, threads: int, pinned: bool = False, extra_conf
         "ENABLE_CPU_PINNING": bool(pinned),
         **(extra_config or {}),
     }
+    if not isinstance(onnx, (bytes, bytearray)):  # already an openvino.Model (precision.py)
+        return core.compile_model(onnx, "CPU", config)
     with tempfile.TemporaryDirectory(prefix="edgezoo-ov-") as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
         with open(onnx_path, "wb") as fh:
@@ -230,7 +237,12 @@ def optimize(
     repeats: int = 15,
     block: int = 5,
     tol: float = PARITY_TOL,
-) -> OptimizedModel:
+    precision: str = "fp32",
+    calib=None,
+    val=None,
+    max_drop: float | None = 0.5,
+    **precision_options,
+) -> OptimizedModel | PrecisionEngine:
     """The fastest fp32 inference callable for ``model`` at ``example_input``'s shape.
 
     ``backend`` is ``"auto"`` (measure ``candidates``, default :data:`AUTO_CANDIDATES` that are installed) or one of
@@ -239,7 +251,22 @@ def optimize(
     Candidates are timed in ``repeats`` round-robin rounds of ``block`` back-to-back calls each (see
     :func:`time_interleaved`); those within :data:`TIE_MARGIN` of the fastest are timed once more among
     themselves and the winner of that run is kept (``timings_ms`` holds the latest measurement of each).
+
+    ``precision`` ``"int8"`` / ``"bf16"`` / ``"auto"`` (or any ``calib`` / ``val``) hands over to
+    :func:`edgezoo.deploy.precision.optimize_precision`: lower-precision candidates calibrated on ``calib``,
+    guarded by held-out top-1 on ``val`` (at most ``max_drop`` points lost), fastest survivor kept; it returns a
+    :class:`~edgezoo.deploy.precision.PrecisionEngine` reporting ``precision``, ``timings_ms`` and ``accuracy``.
     """
+    # --- precision (issue 14): everything below fp32 lives in precision.py -------------------------------------
+    if precision != "fp32" or calib is not None or val is not None or precision_options:
+        from .precision import optimize_precision
+
+        if backend != "auto" or candidates is not None:
+            raise ValueError("backend/candidates choose among fp32 engines; with precision= they are measured by "
+                             "precision.optimize_precision (use int8_engines= to restrict int8 engines)")
+        return optimize_precision(model, example_input, precision, calib=calib, val=val, max_drop=max_drop,
+                                  threads=threads, repeats=repeats, block=block, **precision_options)
+    # --- end precision ----------------------------------------------------------------------------------------
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, Tensor) or example_input.dim() != 4:

@@ -5,7 +5,7 @@ from .config import TrainConfig, build_config, resolve_config
 from .data import build_datasets, load_digits_split, write_digits_imagefolder
 from .distill import distillation_loss
 from .engine import TrainingDiverged, train
-from .evaluate import evaluate_checkpoint, predict_images
+from .evaluate import evaluate_checkpoint, predict_images, run_eval_loader
 
 __all__ = [
     "TrainConfig",
@@ -14,6 +14,7 @@ __all__ = [
     "build_datasets",
     "distillation_loss",
     "evaluate_checkpoint",
+    "run_eval_loader",
     "load_digits_split",
     "load_trained_model",
     "predict_images",

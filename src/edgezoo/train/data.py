@@ -218,6 +218,52 @@ def eval_transform(*, img_size: int, crop_pct: float, mean: Sequence[float], std
     ])
 
 
+def eval_preprocessing(meta: dict[str, Any] | None = None, *, model: Any = None, img_size: int | None = None,
+                       data: str = DIGITS) -> dict[str, Any]:
+    """The evaluation preprocessing of a run: ``img_size``, ``crop_pct``, ``mean``, ``std``, ``interpolation``,
+    ``in_chans``.
+
+    Why one function: calibration and accuracy measured on images preprocessed unlike training are meaningless
+    (an int8 guard that sees wrongly normalised images compares two broken models). ``meta`` is the metadata of a
+    checkpoint written by ``edgezoo train`` (its recorded preprocessing wins; ``img_size`` may override the size);
+    for a model not trained by edgezoo, the values come from ``model.default_cfg`` as training would resolve them
+    (centre crop 1.0 on ``digits``, like the digits recipe).
+    """
+    if meta is not None:
+        prep = {k: meta[k] for k in ("img_size", "crop_pct", "mean", "std", "interpolation", "in_chans")}
+    elif model is not None:
+        cfg = model.default_cfg
+        first = cfg.get("first_conv")
+        in_chans = int(model.get_submodule(first).weight.shape[1]) if first else int(cfg["input_size"][0])
+        prep = {"img_size": int(cfg["input_size"][1]),
+                "crop_pct": 1.0 if data == DIGITS else float(cfg.get("crop_pct", 0.875)),
+                "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]),
+                "interpolation": cfg.get("interpolation", "bicubic"), "in_chans": in_chans}
+    else:
+        raise ValueError("eval_preprocessing needs a checkpoint's metadata (meta=) or a model (model=)")
+    if img_size is not None:
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 8:
+            raise ValueError(f"img_size must be an int >= 8, got {img_size!r}")
+        prep["img_size"] = img_size
+    prep["mean"], prep["std"] = tuple(float(m) for m in prep["mean"]), tuple(float(s) for s in prep["std"])
+    if len(prep["mean"]) != prep["in_chans"]:  # e.g. a 1-channel model with RGB statistics: use their average
+        prep["mean"] = (sum(prep["mean"]) / len(prep["mean"]),) * prep["in_chans"]
+        prep["std"] = (sum(prep["std"]) / len(prep["std"]),) * prep["in_chans"]
+    return prep
+
+
+def preprocessing_transform(prep: dict[str, Any]) -> Callable[[Any], Tensor]:
+    """The transform for :func:`eval_preprocessing`'s settings (RGB in; 1-channel models get the grey level)."""
+    tf = eval_transform(img_size=prep["img_size"], crop_pct=prep["crop_pct"], mean=prep["mean"][:1] * 3
+                        if prep["in_chans"] == 1 else prep["mean"], std=prep["std"][:1] * 3
+                        if prep["in_chans"] == 1 else prep["std"], interpolation=prep["interpolation"])
+    if prep["in_chans"] == 3:
+        return tf
+    if prep["in_chans"] != 1:
+        raise ValueError(f"in_chans must be 1 or 3 for image files, got {prep['in_chans']}")
+    return lambda img: tf(img).mean(dim=0, keepdim=True)
+
+
 def batch_mixer(cfg: TrainConfig, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
     """MixUp (Zhang et al. 2018) and/or CutMix (Yun et al. 2019) on a batch; ``None`` when both are off."""
     from torchvision.transforms import v2
@@ -307,17 +353,23 @@ def split_samples(samples: Sequence[tuple[str, int]], *, val_fraction: float, se
 
 
 def eval_dataset(data: str, *, classes: Sequence[str], img_size: int, crop_pct: float, mean: Sequence[float],
-                 std: Sequence[float], interpolation: str = "bicubic") -> tuple[Dataset, int]:
+                 std: Sequence[float], interpolation: str = "bicubic", in_chans: int = 3,
+                 split: str = "val") -> tuple[Dataset, int]:
     """The evaluation set for ``data`` labelled in the checkpoint's class order; returns ``(dataset, skipped)``.
 
-    ``digits`` → its held-out split; ``DIR`` with ``val/`` → that; otherwise every image under ``DIR/<class>/``.
+    ``digits`` → its held-out split (``split="train"``: its training split, with the same evaluation
+    preprocessing — what calibration uses, so calibration never sees the images accuracy is measured on);
+    ``DIR`` with ``val/`` → that; otherwise every image under ``DIR/<class>/``.
     """
-    t_eval = eval_transform(img_size=img_size, crop_pct=crop_pct, mean=mean, std=std, interpolation=interpolation)
+    if split not in ("val", "train"):
+        raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+    t_eval = preprocessing_transform({"img_size": img_size, "crop_pct": crop_pct, "mean": tuple(mean),
+                                      "std": tuple(std), "interpolation": interpolation, "in_chans": in_chans})
     if data == DIGITS:
         if list(classes) != list(DIGITS_CLASSES):
             raise ValueError(f"the checkpoint's classes {list(classes)[:12]} are not the digits classes 0-9")
-        _, _, x_va, y_va = load_digits_split()
-        return TensorImageDataset(x_va, y_va, t_eval), 0
+        x_tr, y_tr, x_va, y_va = load_digits_split()
+        return (TensorImageDataset(x_va, y_va, t_eval) if split == "val" else TensorImageDataset(x_tr, y_tr, t_eval)), 0
     root = Path(data)
     folder = root / "val" if (root / "val").is_dir() else root
     if not folder.exists():

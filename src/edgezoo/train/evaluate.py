@@ -17,8 +17,44 @@ from torch.utils.data import DataLoader
 from ..checkpoint import atomic_write_bytes
 from ..devices import resolve_device
 from .checkpoints import load_trained_model
-from .data import eval_dataset, eval_transform, skip_none_collate
+from .data import eval_dataset, eval_preprocessing, preprocessing_transform, skip_none_collate
 from .engine import Runtime, evaluate_model
+
+
+def run_eval_loader(data: str = "digits", *, meta: dict[str, Any] | None = None, model: Any = None,
+                    img_size: int | None = None, classes: Sequence[str] | None = None, batch_size: int = 128,
+                    limit: int | None = None, split: str = "val") -> tuple[DataLoader, dict[str, Any], int]:
+    """The evaluation loader of a run — the ONE place ``eval``, ``predict``, ``quantize`` and ``optimize`` get
+    their images from, so calibration and accuracy use exactly the preprocessing training validated with.
+
+    ``meta`` is a checkpoint's metadata (:func:`~edgezoo.checkpoint.read_trained_metadata`); without it the
+    preprocessing comes from ``model.default_cfg`` (see :func:`eval_preprocessing`). ``limit`` keeps the first
+    ``limit`` images of a fixed (seeded) shuffle, so a subset has every class; ``split="train"`` gives digits'
+    training split (for calibration). ``classes=None`` for a folder without ``meta`` takes the folder's own class
+    names (calibration needs no labels). Returns ``(loader, preprocessing, skipped)``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    prep = eval_preprocessing(meta, model=model, img_size=img_size, data=data)
+    if classes is None:
+        if meta is not None:
+            classes = meta["classes"]
+        elif data == "digits":
+            classes = [str(d) for d in range(10)]
+        else:
+            root = Path(data) / "val" if (Path(data) / "val").is_dir() else Path(data)
+            classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    ds, skipped = eval_dataset(data, classes=classes, split=split, **prep)
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        if limit < len(ds):
+            from torch.utils.data import Subset
+
+            order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit]
+            ds = Subset(ds, sorted(order.tolist()))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=skip_none_collate)
+    return loader, prep, skipped
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, batch_size: int = 128,
@@ -29,11 +65,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, batch_size:
     dev = resolve_device(device)
     model, meta = load_trained_model(checkpoint)
     classes = meta["classes"]
-    ds, skipped = eval_dataset(data, classes=classes, img_size=meta["img_size"], crop_pct=meta["crop_pct"],
-                               mean=meta["mean"], std=meta["std"], interpolation=meta["interpolation"])
+    loader, _, skipped = run_eval_loader(data, meta=meta, batch_size=batch_size)
     rt = Runtime(device=dev)
     model.to(rt.device)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=skip_none_collate)
     res = evaluate_model(model, loader, num_classes=len(classes), rt=rt)
     conf = res.pop("confusion")
     support = conf.sum(dim=1)
@@ -121,8 +155,7 @@ def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.Path
     dev = resolve_device(device)
     model, meta = load_trained_model(checkpoint)
     model.to(dev)
-    tf = eval_transform(img_size=meta["img_size"], crop_pct=meta["crop_pct"], mean=meta["mean"], std=meta["std"],
-                        interpolation=meta["interpolation"])
+    tf = preprocessing_transform(eval_preprocessing(meta))
     k = min(topk, meta["num_classes"])
     results = []
     for p in images:
