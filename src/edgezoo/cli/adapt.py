@@ -70,8 +70,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, help="threads to measure with (default: torch's)")
     p.add_argument("--img-sizes", type=_positive_int, nargs="*", default=None, metavar="PX",
                    help="resolutions of the zoo configs' blocks (default 64 128 224)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress output while measuring")
     p.set_defaults(func=cmd_latency_table)
 
     p = sub.add_parser("adapt", help="NetAdapt: prune a trained model toward a latency target, with fine-tuning")
@@ -85,13 +85,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-steps", type=_positive_int, default=30, help="short-term fine-tune steps per proposal")
     p.add_argument("--long-epochs", type=int, default=3, help="long-term fine-tune epochs of the result")
     p.add_argument("--candidates", type=_positive_int, default=6, help="proposals fine-tuned per step")
-    p.add_argument("--max-steps", type=_positive_int, default=40)
+    p.add_argument("--max-steps", type=_positive_int, default=40,
+                   help="at most this many NetAdapt steps (one layer shrunk per step)")
     p.add_argument("--max-groups", type=_positive_int, default=None,
                    help="layers probed per step, a seeded sample (default: all, as in the paper)")
     p.add_argument("--decrement", type=_positive_float, default=0.06,
                    help="first step's latency decrement, fraction of the starting latency")
     p.add_argument("--minutes", type=_positive_float, default=None,
                    help="stop proposing after this many minutes, then fine-tune and write the result")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the holdout split and fine-tunes")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_adapt)

@@ -419,7 +419,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="weights: .safetensors/.pth file or training run directory")
     p.add_argument("--calib", default="digits", help="'digits' (bundled) or an ImageFolder directory")
     p.add_argument("--calib-images", type=_positive_int, default=128,
-                   help="calibration images (default 128; digits: from its training split, never the held-out one)")
+                   help="calibration images (digits: from its training split, never the held-out one)")
     p.add_argument("--img-size", type=_positive_int,
                    help="input resolution (default: the checkpoint's training size, else the model's)")
     p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",

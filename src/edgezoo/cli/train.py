@@ -225,7 +225,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--qat", action="store_true", default=S,
                    help="quantization-aware fine-tuning of --checkpoint RUN (default 2 epochs, lr 1e-4), "
                         "then an int8 QDQ ONNX export checked against the fake-quant model")
-    p.add_argument("--checkpoint", dest="qat_checkpoint", default=S, help="with --qat: the run to fine-tune")
+    p.add_argument("--checkpoint", dest="qat_checkpoint", default=S, help="with --qat: the run to fine-tune (default: none; required by --qat)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of a trained checkpoint")
