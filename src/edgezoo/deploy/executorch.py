@@ -71,6 +71,11 @@ def lower(
             ep = torch.export.export(_quantize(model, example, calibration), (example,))
         else:
             ep = mobile_program(model, example)
+        # Fold what depends on weights only (e.g. ViT's class-token block slices the fused qkv weight), so XNNPACK
+        # sees static weights.
+        from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+
+        ep = constant_prop_pass(ep)
         constants = None
         if metadata:
             blob = json.dumps(metadata, sort_keys=True).encode()
@@ -105,8 +110,10 @@ def runner(data: bytes, threads: int | None = None):
         set_threads(threads)
     program = Runtime.get().load_program(data)
     method = program.load_method("forward")
+    keep = (data, program)  # the runtime reads the program from these bytes: they must outlive the method
 
     def run(x: Tensor) -> Tensor:
+        assert keep
         return method.execute([x.detach().float().contiguous()])[0]
 
     return run
@@ -119,5 +126,5 @@ def read_metadata(data: bytes) -> dict[str, str] | None:
     program = Runtime.get().load_program(data)
     if METADATA_METHOD not in program.method_names:
         return None
-    blob = program.load_method(METADATA_METHOD).execute([])[0]
+    blob = program.load_method(METADATA_METHOD).execute([])[0].clone()
     return json.loads(bytes(blob.to(torch.uint8).tolist()).decode())

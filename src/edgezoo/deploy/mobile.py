@@ -29,10 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .export import INPUT_NAME, OUTPUT_NAME, _quiet
+from .export import INPUT_NAME, MOBILE_FORMATS, OUTPUT_NAME, _quiet
 from .fuse import fuse
 
-MOBILE_FORMATS = ("tflite", "executorch", "coreml")
 SUFFIX = {"tflite": ".tflite", "executorch": ".pte", "coreml": ".mlpackage"}
 # import name -> what provides it; the extra that installs every one of them
 _RUNTIME_MODULES = {
@@ -227,6 +226,12 @@ def _split(x: Tensor, split_size, dim: int = 0):
     return _pieces(x, sizes, dim)
 
 
+def _select(x: Tensor, dim: int, index: int):
+    dim = dim % x.dim()
+    index = index % x.shape[dim]
+    return x.narrow(dim, index, 1).reshape([s for i, s in enumerate(x.shape) if i != dim])
+
+
 def _unbind(x: Tensor, dim: int = 0):
     dim = dim % x.dim()
     shape = [s for i, s in enumerate(x.shape) if i != dim]
@@ -265,6 +270,7 @@ def mobile_decompositions() -> dict[Callable, Callable]:
         aten.split_with_sizes.default: _split_with_sizes,
         aten.split.Tensor: _split,
         aten.unbind.int: _unbind,
+        aten.select.int: _select,
         aten.addcmul.default: _addcmul,
         aten.pow.Tensor_Scalar: _pow_scalar,
         aten.linalg_vector_norm.default: _vector_norm,
