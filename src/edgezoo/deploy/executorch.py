@@ -29,11 +29,13 @@ METADATA_METHOD = "edgezoo_metadata"
 
 @dataclass
 class ExecuTorchArtifact:
-    """A lowered program: ``data`` (the ``.pte`` bytes), XNNPACK ``partitions`` and the ``outside`` op counts."""
+    """A lowered program: ``data`` (the ``.pte`` bytes), XNNPACK ``partitions``, the op counts ``outside`` them
+    on activations, and ``constant_ops``: portable ops on constants only (e.g. copies of lifted scalars)."""
 
     data: bytes = field(repr=False)
     partitions: int
     outside: dict[str, int]
+    constant_ops: dict[str, int] = field(default_factory=dict)
 
 
 def _quantize(model: nn.Module, example: Tensor, calibration: Tensor) -> nn.Module:
@@ -63,35 +65,48 @@ def lower(
 
     With ``calibration`` images the program is int8 (static PT2E), else fp32.
     """
+    with _quiet(), torch.no_grad():
+        if calibration is not None:
+            # No constant folding here: it would turn the int8 weights' dequantize nodes into float32 weights.
+            ep = torch.export.export(_quantize(model, example, calibration), (example,))
+        else:
+            # Fold what depends on weights only (e.g. ViT's class-token block slices the fused qkv weight), so
+            # XNNPACK sees static weights.
+            from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+
+            ep = constant_prop_pass(mobile_program(model, example))
+    return lower_program(ep, metadata=metadata)
+
+
+def lower_program(ep: torch.export.ExportedProgram, *, metadata: dict[str, str] | None = None) -> ExecuTorchArtifact:
+    """ExecuTorch's default flow on any ExportedProgram: ``to_edge_transform_and_lower`` with XNNPACK, then
+    ``to_executorch`` (what :func:`lower` runs on the mobile form; the benchmark runs it on timm's models too)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     with _quiet(), torch.no_grad():
-        if calibration is not None:
-            ep = torch.export.export(_quantize(model, example, calibration), (example,))
-        else:
-            ep = mobile_program(model, example)
-        # Fold what depends on weights only (e.g. ViT's class-token block slices the fused qkv weight), so XNNPACK
-        # sees static weights.
-        from executorch.exir.passes.constant_prop_pass import constant_prop_pass
-
-        ep = constant_prop_pass(ep)
         constants = None
         if metadata:
             blob = json.dumps(metadata, sort_keys=True).encode()
             constants = {METADATA_METHOD: torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
         edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], constant_methods=constants)
-        partitions, outside = 0, {}
-        for node in edge.exported_program().graph.nodes:
+        partitions, outside, constant = 0, {}, {}
+        program = edge.exported_program()
+        user_inputs = set(program.graph_signature.user_inputs)
+        for node in program.graph.nodes:
             if node.op != "call_function":
                 continue
             name = getattr(node.target, "__name__", str(node.target))
             if name == "executorch_call_delegate":
                 partitions += 1
             elif name != "getitem":
-                outside[name] = outside.get(name, 0) + 1
+                # Ops on constants only (dtype/dim-order copies of lifted scalars) feed a delegate without
+                # splitting the graph; they are listed apart from ops on activations.
+                on_constants = all(a.op == "placeholder" and a.name not in user_inputs for a in node.all_input_nodes)
+                bucket = constant if on_constants and node.all_input_nodes else outside
+                bucket[name] = bucket.get(name, 0) + 1
         data = edge.to_executorch().buffer
-    return ExecuTorchArtifact(bytes(data), partitions, outside)
+    return ExecuTorchArtifact(bytes(data), partitions, outside, constant)
 
 
 def set_threads(threads: int) -> None:

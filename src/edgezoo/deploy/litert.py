@@ -145,7 +145,18 @@ def convert(
             converted = litert_torch.convert(graph, (example,), quant_config=quant_config)
         else:
             converted = litert_torch.convert(mobile_program(model, example).module(), (example,))
-    data = _model_bytes(converted)
+    return _artifact(_model_bytes(converted), metadata)
+
+
+def convert_default(module: nn.Module, example: Tensor) -> LiteRTArtifact:
+    """litert-torch's default flow on any module, untouched (the benchmark's reference for timm's models)."""
+    import litert_torch
+
+    with _quiet(), torch.no_grad():
+        return _artifact(_model_bytes(litert_torch.convert(module.eval(), (example,))), None)
+
+
+def _artifact(data: bytes, metadata: dict[str, str] | None) -> LiteRTArtifact:
     if metadata:
         data = add_metadata(data, metadata)
     partitions, outside = delegation(interpreter(data, 1))

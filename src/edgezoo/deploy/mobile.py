@@ -11,6 +11,8 @@ accepts, and each one splits the model into another delegated partition with a s
   ``softmax(q k^T * scale) v`` with the scale applied as a tensor multiply;
 * ``addcmul`` (ChannelAffine, channel LayerNorm affine): Core ML has no such op; ``a + b * c``;
 * ``pow(x, 2)`` as ``x * x`` and the L2 norm of XCA's ``F.normalize`` through the mean above;
+* Mobile MQA's single K/V head broadcast over the query heads (``unsqueeze``/``expand``) is replaced by folding
+  the heads into the query rows (``mobile_form()`` of :class:`~edgezoo.layers.mobile_mqa.MobileMQA`);
 * EdgeNeXt's Fourier position encoding, a function of the grid size only, is evaluated once for the export size
   and stored as a buffer (:func:`freeze_fixed_size`), so ``arange``/``sin``/``cos``/``floor_divide`` leave the
   graph.
@@ -131,9 +133,25 @@ def freeze_fixed_size(model: nn.Module, example: Tensor) -> list[str]:
     return list(seen)
 
 
+def _apply_mobile_forms(module: nn.Module, done: list[str], prefix: str = "") -> None:
+    for child_name, child in list(module.named_children()):
+        name = f"{prefix}.{child_name}" if prefix else child_name
+        form = getattr(child, "mobile_form", None)
+        if callable(form):
+            setattr(module, child_name, form().eval())
+            done.append(name)
+        else:
+            _apply_mobile_forms(child, done, name)
+
+
 def mobile_form(model: nn.Module, example: Tensor) -> nn.Module:
-    """BN-folded inference copy of ``model`` (:func:`fuse`) with shape-only modules frozen for ``example``'s size."""
+    """BN-folded inference copy of ``model`` (:func:`fuse`) for phone runtimes at ``example``'s size.
+
+    On top of :func:`fuse`'s inference forms, modules offering ``mobile_form()`` are replaced by it (Mobile MQA
+    with its heads folded, which needs no broadcast) and shape-only modules are frozen (:func:`freeze_fixed_size`).
+    """
     folded = fuse(model)
+    _apply_mobile_forms(folded, [])
     freeze_fixed_size(folded, example)
     return folded
 
