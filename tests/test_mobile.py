@@ -304,3 +304,29 @@ def test_cli_run_directory_is_accepted_as_name(tmp_path, capsys):
     code, err = _cli(capsys, "export", str(tmp_path / "nothing-here"), "--format", "executorch", "--out",
                      str(tmp_path / "m.pte"))
     assert code == 2 and len(err.splitlines()) == 1
+
+
+# --- optimize() / bench backends ------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("backend,fmt", [pytest.param("litert", "tflite", marks=needs("tflite")),
+                                         pytest.param("executorch", "executorch", marks=needs("executorch"))])
+def test_optimize_mobile_backend_matches_eager(backend, fmt):
+    from edgezoo.deploy import available_backends, optimize
+
+    assert backend in available_backends()
+    model = _model("mobilenetv1_025", 32)
+    x = torch.randn(1, 3, 32, 32)
+    engine = optimize(model, x, backend=backend)
+    assert engine.backend == backend
+    with torch.no_grad():
+        assert (engine(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
+        x2 = torch.randn(2, 3, 32, 32)  # another batch builds another engine
+        assert (engine(x2) - model(x2)).abs().max() <= 1e-4 * model(x2).abs().max()
+
+
+def test_bench_lists_mobile_backends():
+    from edgezoo.bench import BENCH_BACKENDS
+    from edgezoo.deploy.optimize import AUTO_CANDIDATES, BACKENDS
+
+    assert {"litert", "executorch"} <= set(BENCH_BACKENDS) & set(BACKENDS)
+    assert not {"litert", "executorch"} & set(AUTO_CANDIDATES)  # minutes to convert: measured only when asked

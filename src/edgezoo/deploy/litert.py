@@ -10,7 +10,8 @@ The input description (:class:`~edgezoo.deploy.mobile.InputSpec`) is stored as a
 ``edgezoo`` holding UTF-8 JSON (read it with :func:`read_metadata`).
 
 int8: static PT2E quantization with litert-torch's quantizer (symmetric, per-channel weights), calibrated on
-real images; the model's input and output stay float32.
+real images. The converter makes the whole graph int8, input and output included: the metadata's
+``input_dtype`` gives the input's scale and zero point, and :func:`runner` quantizes/dequantizes with them.
 """
 from __future__ import annotations
 
@@ -118,15 +119,34 @@ def interpreter(data: bytes, threads: int | None = None):
 def runner(data: bytes, threads: int | None = None):
     """A callable running the ``.tflite`` model on (B, C, H, W) float tensors of its exported shape."""
     interp = interpreter(data, threads)
-    inp = interp.get_input_details()[0]["index"]
-    out = interp.get_output_details()[0]["index"]
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    # A fully int8 model takes and returns int8 tensors: quantize/dequantize with the model's own parameters.
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    in_type = inp["dtype"]
 
     def run(x: Tensor) -> Tensor:
-        interp.set_tensor(inp, x.detach().float().contiguous().numpy())
+        arr = x.detach().float().contiguous().numpy()
+        if in_type != np.float32:
+            info = np.iinfo(in_type)
+            arr = np.clip(np.round(arr / in_scale + in_zero), info.min, info.max).astype(in_type)
+        interp.set_tensor(inp["index"], arr)
         interp.invoke()
-        return torch.from_numpy(interp.get_tensor(out).copy())
+        y = interp.get_tensor(out["index"]).copy()
+        if y.dtype != np.float32:
+            y = (y.astype(np.float32) - out_zero) * out_scale
+        return torch.from_numpy(y)
 
     return run
+
+
+def io_types(data: bytes) -> str:
+    """``"float32"`` or e.g. ``"int8 (scale 0.0187, zero point -3)"``: what the model's input takes."""
+    inp = interpreter(data, 1).get_input_details()[0]
+    if inp["dtype"] == np.float32:
+        return "float32"
+    scale, zero = inp["quantization"]
+    return f"{np.dtype(inp['dtype']).name} (x_q = round(x / {scale:.6g}) + {zero}); output likewise quantized"
 
 
 def convert(
@@ -158,6 +178,7 @@ def convert_default(module: nn.Module, example: Tensor) -> LiteRTArtifact:
 
 def _artifact(data: bytes, metadata: dict[str, str] | None) -> LiteRTArtifact:
     if metadata:
+        metadata = {**metadata, "input_dtype": io_types(data)}
         data = add_metadata(data, metadata)
     partitions, outside = delegation(interpreter(data, 1))
     return LiteRTArtifact(data, partitions, outside)

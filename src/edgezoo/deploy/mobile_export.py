@@ -147,6 +147,24 @@ def artifact_runner(path: str | os.PathLike, format: str, threads: int | None = 
     raise ValueError(f"format must be 'tflite' or 'executorch' to run on this machine, got {format!r}")
 
 
+def engine_runner(backend: str, model: nn.Module, example: Tensor, threads: int | None = None):
+    """An fp32 LiteRT (``backend="litert"``) or ExecuTorch engine for ``model`` at ``example``'s shape (any batch),
+    built in memory — what :func:`edgezoo.deploy.optimize` runs for those backends."""
+    fmt = {"litert": "tflite", "executorch": "executorch"}.get(backend)
+    if fmt is None:
+        raise ValueError(f"backend must be 'litert' or 'executorch', got {backend!r}")
+    require_runtime(fmt)
+    example = example.detach().float().contiguous()
+    form = mobile_form(model.eval(), example[:1])
+    if fmt == "tflite":
+        from . import litert
+
+        return litert.runner(litert.convert(form, example).data, threads)
+    from . import executorch
+
+    return executorch.runner(executorch.lower(form, example).data, threads)
+
+
 # --- calibration and evaluation images -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Preprocessing:
