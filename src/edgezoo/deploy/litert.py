@@ -80,7 +80,15 @@ def _quantized(model: nn.Module, example: Tensor, calibration: Tensor):
     prepared = prepare_pt2e(graph, quantizer)
     for img in calibration.split(1):
         prepared(img)
-    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+    return _inference(convert_pt2e(prepared, fold_quantize=False)), QuantConfig(pt2e_quantizer=quantizer)
+
+
+def _inference(graph: nn.Module) -> nn.Module:
+    """Mark an exported graph module as inference (its graph has no train-time ops; the flag is what litert checks;
+    ``.eval()`` is refused on exported modules)."""
+    for m in graph.modules():
+        m.training = False
+    return graph
 
 
 def delegation(interpreter) -> tuple[int, dict[str, int]]:
@@ -164,7 +172,7 @@ def convert(
             graph, quant_config = _quantized(model, example, calibration)
             converted = litert_torch.convert(graph, (example,), quant_config=quant_config)
         else:
-            converted = litert_torch.convert(mobile_program(model, example).module(), (example,))
+            converted = litert_torch.convert(_inference(mobile_program(model, example).module()), (example,))
     return _artifact(_model_bytes(converted), metadata)
 
 
