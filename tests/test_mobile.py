@@ -130,6 +130,14 @@ def test_export_runs_and_matches_eager_fast(tmp_path, fmt):
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left behind
 
 
+@needs("executorch")
+def test_executorch_vit_class_token_block_weights_survive_folding(tmp_path):
+    """ViT's last block slices the fused qkv weight; folded, the key/value rows are a view at an offset into it,
+    and a program serialized from that view read the query rows instead (relative error 0.6)."""
+    _, _, _, res = _export(tmp_path, "executorch", "vit_tiny_patch16_224", 32)
+    assert res.rel_diff < 1e-4 and res.details["partitions"] == 1 and res.details["outside"] == {}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,size", FAMILIES)
 @pytest.mark.parametrize("fmt", [pytest.param(f, marks=needs(f)) for f in ("tflite", "executorch")])

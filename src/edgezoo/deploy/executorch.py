@@ -74,8 +74,23 @@ def lower(
             # XNNPACK sees static weights.
             from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
-            ep = constant_prop_pass(mobile_program(model, example))
+            ep = _own_storage(constant_prop_pass(mobile_program(model, example)))
     return lower_program(ep, metadata=metadata)
+
+
+def _own_storage(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Give every folded constant its own storage.
+
+    Folding ``w[dim:]`` leaves a view into the fused weight (a storage offset); serialized as is, the program
+    would read the rows from the start of the storage — ViT's class-token block then used the query rows as keys.
+    """
+    for store in (ep.constants, ep.state_dict):
+        for key, value in list(store.items()):
+            if isinstance(value, Tensor) and (value.storage_offset() != 0 or not value.is_contiguous()
+                                              or value.untyped_storage().nbytes() != value.numel() * value.element_size()):
+                fresh = value.detach().clone(memory_format=torch.contiguous_format)
+                store[key] = nn.Parameter(fresh, requires_grad=False) if isinstance(value, nn.Parameter) else fresh
+    return ep
 
 
 def lower_program(ep: torch.export.ExportedProgram, *, metadata: dict[str, str] | None = None) -> ExecuTorchArtifact:
