@@ -110,6 +110,37 @@ def measure(name: str, *, threads: int, repeats: int, block: int, int8: bool, ti
     return row
 
 
+def markdown(rows: list[dict]) -> str:
+    """The BENCHMARKS.md tables for ``rows`` (partitions and parity; latency and ratios)."""
+    def cell(row, key, fmt="{}"):
+        v = row.get(key)
+        return "-" if v is None else fmt.format(v)
+
+    out = ["| model | img | edgezoo .tflite partitions (outside) | timm .tflite | edgezoo .pte partitions (outside) "
+           "| timm .pte | parity edgezoo tflite / pte | parity timm tflite / pte |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p, o, d = r["partitions"], r["outside"], r["rel_diff"]
+
+        def part(k):
+            if k not in p:
+                return "-"
+            left = ", ".join(f"{n.split('.')[-2] if n.count('.') > 1 else n} ×{c}" for n, c in sorted(o[k].items()))
+            return f"{p[k]}" + (f" ({left})" if left else "")
+        out.append(f"| {r['model']} | {r['img']} | {part('edgezoo_tflite')} | {part('timm_tflite')} | "
+                   f"{part('edgezoo_executorch')} | {part('timm_executorch')} | "
+                   f"{cell(d, 'edgezoo_tflite', '{:.1e}')} / {cell(d, 'edgezoo_executorch', '{:.1e}')} | "
+                   f"{cell(d, 'timm_tflite', '{:.1e}')} / {cell(d, 'timm_executorch', '{:.1e}')} |")
+    out += ["", "| model | edgezoo tflite ms | timm tflite ms | edgezoo pte ms | timm pte ms | OpenVINO ms | tflite ÷ timm "
+            "| pte ÷ timm | tflite ÷ OpenVINO | pte ÷ OpenVINO |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ms, ra = r["ms"], r["ratios"]
+        out.append(f"| {r['model']} | {cell(ms, 'edgezoo_tflite')} | {cell(ms, 'timm_tflite')} | "
+                   f"{cell(ms, 'edgezoo_executorch')} | {cell(ms, 'timm_executorch')} | {cell(ms, 'openvino')} | "
+                   f"{cell(ra, 'tflite_vs_timm')} | {cell(ra, 'executorch_vs_timm')} | {cell(ra, 'tflite_vs_openvino')} | "
+                   f"{cell(ra, 'executorch_vs_openvino')} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", default=list(DEFAULT_MODELS))
@@ -120,7 +151,11 @@ def main(argv=None) -> int:
     p.add_argument("--int8", action="store_true", help="also edgezoo's int8 artifacts")
     p.add_argument("--no-timm", action="store_true", help="skip timm's default-flow conversions")
     p.add_argument("--out", help="append JSON rows to this file")
+    p.add_argument("--table", help="print the markdown tables of a JSON-lines results file and exit")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        return 0
     torch.set_num_threads(args.threads)
     runtimes = [r for r in args.runtimes.split(",") if r]
     print(f"# {device_description()}", file=sys.stderr)
