@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .export import _quiet
-from .mobile import mobile_program
+from .mobile import mobile_program, without_weight_slicing
 
 METADATA_METHOD = "edgezoo_metadata"
 
@@ -47,7 +47,7 @@ def _quantize(model: nn.Module, example: Tensor, calibration: Tensor) -> nn.Modu
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     with _quiet(), torch.no_grad():
-        graph = mobile_program(model, example).module()
+        graph = mobile_program(without_weight_slicing(model), example).module()
         prepared = prepare_pt2e(graph, quantizer)
         for img in calibration.split(1):
             prepared(img)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .export import _quiet
-from .mobile import METADATA_KEY, mobile_program
+from .mobile import METADATA_KEY, mobile_program, without_weight_slicing
 
 
 @dataclass
@@ -76,7 +76,7 @@ def _quantized(model: nn.Module, example: Tensor, calibration: Tensor):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    graph = mobile_program(model, example).module()
+    graph = mobile_program(without_weight_slicing(model), example).module()
     prepared = prepare_pt2e(graph, quantizer)
     for img in calibration.split(1):
         prepared(img)

@@ -156,6 +156,19 @@ def mobile_form(model: nn.Module, example: Tensor) -> nn.Module:
     return folded
 
 
+def without_weight_slicing(form: nn.Module) -> nn.Module:
+    """Turn off ViT's class-token-only last block in ``form`` (in place), for int8.
+
+    That block multiplies row slices of the fused qkv weight; quantized, the slice sits between the weight's
+    dequantize and its matmul, so the dequantize cannot fold into XNNPACK's int8 kernel (ExecuTorch then fails
+    with a missing ``dequantize_per_channel`` out-variant). The full block has no slices.
+    """
+    for m in form.modules():
+        if getattr(m, "class_token_last_block", False):
+            m.class_token_last_block = False
+    return form
+
+
 # --- graph rewrites ------------------------------------------------------------------------------------------------
 def _mean_dim(x: Tensor, dim=None, keepdim: bool = False, *, dtype=None):
     rank = x.dim()
