@@ -338,3 +338,13 @@ def test_bench_lists_mobile_backends():
 
     assert {"litert", "executorch"} <= set(BENCH_BACKENDS) & set(BACKENDS)
     assert not {"litert", "executorch"} & set(AUTO_CANDIDATES)  # minutes to convert: measured only when asked
+
+
+def test_vit_int8_executorch_is_refused_with_a_reason(tmp_path, capsys):
+    code, err = _cli(capsys, "export", "vit_tiny_patch16_224", "--img-size", "32", "--format", "executorch", "--int8",
+                     "--calib", "digits", "--out", str(tmp_path / "v.pte"))
+    if _skip_reason("executorch"):
+        assert code == 2 and "executorch" in err
+    else:
+        assert code == 2 and len(err.splitlines()) == 1 and "ViT is refused" in err, err
+    assert not list(tmp_path.iterdir())

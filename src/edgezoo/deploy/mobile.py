@@ -49,11 +49,24 @@ aten = torch.ops.aten
 
 def runtime_missing(format: str) -> str | None:
     """Why ``format`` cannot be exported here (the missing module and how to install it), or ``None``."""
-    for module in _RUNTIME_MODULES[format]:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            return f"{module} is needed for --format {format}; install it with: pip install 'edgezoo[{MOBILE_EXTRA}]'"
+    import logging
+    import warnings
+
+    # The toolchains' imports log deprecation notices (torchao registers pytree constants); a user needs none.
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for module in _RUNTIME_MODULES[format]:
+                try:
+                    importlib.import_module(module)
+                except ImportError:
+                    return (f"{module} is needed for --format {format}; install it with: "
+                            f"pip install 'edgezoo[{MOBILE_EXTRA}]'")
+    finally:
+        pytree_log.setLevel(level)
     return None
 
 
