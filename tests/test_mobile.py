@@ -144,6 +144,11 @@ def test_executorch_vit_class_token_block_weights_survive_folding(tmp_path):
 def test_every_family_exports_in_one_xnnpack_partition(tmp_path, fmt, name, size):
     _, _, out, res = _export(tmp_path, fmt, name, size)
     assert res.rel_diff < 1e-4, res
+    if fmt == "tflite" and name == "mobilenetv4_hybrid_medium":
+        # Known limit (BENCHMARKS.md): one K/V head at batch 1 makes each attention matmul a FULLY_CONNECTED with
+        # activations as weights, which LiteRT's XNNPACK delegate does not take.
+        assert set(res.details["outside"]) <= {"FULLY_CONNECTED"}, res.details
+        return
     assert res.details["partitions"] == 1, res.details
     assert res.details["outside"] == {}, res.details
 
