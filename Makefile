@@ -1,5 +1,6 @@
 # Two entry points: `make demo` and `make test`. Each creates .venv on first use and installs edgezoo with
-# its extras; torch/torchvision are pinned to the builds that ship on this machine's local package index.
+# its extras (dev, export, mobile: LiteRT, ExecuTorch, Core ML toolchains, ~1.2 GB); torch/torchvision are pinned
+# to the builds that ship on this machine's local package index.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgezoo-installed
@@ -12,7 +13,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev,export,precision]"
+	$(PY) -m pip install -q -e ".[dev,export,precision,mobile]"
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1  # the mobile toolchains must not move torch
 	touch $(STAMP)
 
 demo: $(STAMP)

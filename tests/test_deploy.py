@@ -133,7 +133,7 @@ def test_export_formats_dynamic_batch(name, fmt, tmp_path):
 
 def test_export_bad_format(tmp_path):
     with pytest.raises(ValueError, match="format"):
-        export_model(nn.Conv2d(3, 3, 1), tmp_path / "m", format="tflite", example_input=_x())
+        export_model(nn.Conv2d(3, 3, 1), tmp_path / "m", format="tfjs", example_input=_x())
 
 
 # --- optimize ------------------------------------------------------------------------------------------------------

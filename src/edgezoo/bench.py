@@ -25,7 +25,7 @@ from .deploy.optimize import time_interleaved
 from .factory import create_model
 from .registry import get_entry
 
-BENCH_BACKENDS = ("eager", "fused", "compile", "onnxruntime", "openvino", "int8", "auto")
+BENCH_BACKENDS = ("eager", "fused", "compile", "onnxruntime", "openvino", "litert", "executorch", "int8", "auto")
 COMPARE_WITH = ("timm",)
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from . import UserError
 
-_EXPORT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+_EXPORT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2", "tflite": ".tflite",
+                  "executorch": ".pte", "coreml": ".mlpackage"}
 
 
 def _positive_int(text: str) -> int:
@@ -60,35 +61,124 @@ def _load_model(name: str, checkpoint: str | None, img_size: int | None) -> tupl
     return model.eval(), size
 
 
+def _resolve_name_or_run(args: argparse.Namespace) -> tuple[str, dict | None]:
+    """``NAME|RUN``: a registered model name, or a run directory / weights file written by ``edgezoo train``."""
+    from ..registry import get_entry
+
+    target = args.name
+    try:
+        get_entry(target)
+        return target, None
+    except (KeyError, ValueError):
+        if not Path(target).exists():
+            raise
+    if args.checkpoint is not None:
+        raise UserError(f"give either a run ({target!r}) or --checkpoint, not both")
+    from ..train import read_metadata
+
+    meta = read_metadata(target)
+    if meta is None:
+        raise UserError(f"{target!r} is not a model name nor a run or weights file written by `edgezoo train`")
+    args.checkpoint = target
+    return str(meta["model"]), meta
+
+
+def _path_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from ..analysis.zoo import check_fits_memory
     from ..deploy import export_model, fuse
+    from ..deploy.export import MOBILE_FORMATS
 
+    mobile = args.format in MOBILE_FORMATS
+    if args.int8 and not mobile:
+        raise UserError(f"--int8 is offered for --format {'/'.join(MOBILE_FORMATS)}; for ONNX use `edgezoo quantize`")
+    if args.int8 and args.format != "coreml" and args.calib is None:
+        raise UserError(f"--int8 needs calibration images: add --calib digits or --calib DIR (an image folder)")
+    if args.dynamic_batch and mobile:
+        raise UserError(f"--dynamic-batch is not supported for --format {args.format}: phone artifacts have batch 1")
+    if mobile:
+        from ..deploy.mobile import runtime_missing
+
+        why = runtime_missing(args.format)
+        if why:
+            raise UserError(why)
+    name, meta = _resolve_name_or_run(args)
     out = Path(args.out)
-    if out.exists() and out.is_dir():
-        raise UserError(f"--out {args.out!r} is a directory; give a file path such as {args.name}{_EXPORT_SUFFIX[args.format]}")
+    if out.exists() and out.is_dir() and not (args.format == "coreml" and out.suffix == ".mlpackage"):
+        raise UserError(f"--out {args.out!r} is a directory; give a file path such as {name}{_EXPORT_SUFFIX[args.format]}")
     parent = out.parent if str(out.parent) else Path(".")
     existing = parent
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise UserError(f"cannot write --out {args.out!r}: {str(existing)!r} is not a writable folder")
-    model, size = _load_model(args.name, args.checkpoint, args.img_size)
-    check_fits_memory(args.name, size, arg="--img-size")
-    if args.fuse:
+    if args.calib is not None and args.calib != "digits" and not Path(args.calib).is_dir():
+        raise UserError(f"--calib must be 'digits' or an image folder, got {args.calib!r}")
+    model, size = _load_model(name, args.checkpoint, args.img_size)
+    check_fits_memory(name, size, arg="--img-size")
+    if meta is None and args.checkpoint is not None:
+        from ..train import read_metadata
+
+        meta = read_metadata(args.checkpoint)
+    if args.fuse and not mobile:
         model = fuse(model)
     in_chans = int(model.get_submodule(model.default_cfg["first_conv"]).weight.shape[1])
     x = torch.randn(1, in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    calib = None
+    prep = None
+    if mobile:
+        from ..deploy.mobile_export import Preprocessing, calibration_images
+
+        prep = Preprocessing.of(model, size, meta)
+        if args.int8 and args.calib is not None:
+            calib, _ = calibration_images(args.calib, prep, count=args.calib_images, split="train")
     try:
-        result = export_model(model, out, format=args.format, example_input=x, dynamic_batch=args.dynamic_batch)
+        if mobile:
+            from ..deploy.mobile import input_spec
+            from ..deploy.mobile_export import export_mobile
+
+            spec = input_spec(model, x, mean=prep.mean, std=prep.std, classes=(meta or {}).get("classes"), name=name)
+            result = export_mobile(model, out, format=args.format, example_input=x, int8=args.int8,
+                                   calibration=calib, spec=spec)
+        else:
+            result = export_model(model, out, format=args.format, example_input=x, dynamic_batch=args.dynamic_batch)
     except ImportError as exc:
         raise UserError(str(exc)) from None
-    size_mb = out.stat().st_size / 1e6
-    status = "OK" if result.rel_diff is not None and result.rel_diff <= 1e-4 else "MISMATCH"
-    print(f"exported {args.name} ({'BN-folded, ' if args.fuse else ''}input 1x{in_chans}x{size}x{size}"
+    size_mb = _path_size(out) / 1e6
+    folded = "BN-folded, " if (args.fuse or mobile) else ""
+    print(f"exported {name} ({folded}{'int8, ' if args.int8 else ''}input 1x{in_chans}x{size}x{size}"
           f"{', dynamic batch' if args.dynamic_batch else ''}) to {out} [{args.format}, {size_mb:.1f} MB]")
+    details = result.details
+    if "partitions" in details:
+        outside = ", ".join(f"{k} x{v}" for k, v in sorted(details["outside"].items())) or "none"
+        print(f"XNNPACK: {details['partitions']} delegated partition(s); ops outside XNNPACK: {outside}")
+    if args.format == "coreml":
+        print(f"Core ML structure: {details.get('structure')}")
+        if details.get("problems"):
+            print(f"Core ML structure problems: {'; '.join(details['problems'])}")
+            return 1
+        if result.rel_diff is None:
+            print("parity: not run (Core ML predicts on macOS only); conversion, names and shapes checked")
+            return 0
+    if args.int8:
+        print(f"int8 vs fp32 eager: max |diff| = {result.rel_diff:.2e} of the output scale; top-1 agreement on "
+              f"calibration images {100 * details['top1_agreement']:.1f}%")
+        classes = (meta or {}).get("classes")
+        if args.calib == "digits" and classes is not None and [str(c) for c in classes] == [str(d) for d in range(10)]:
+            from ..deploy.mobile_export import artifact_runner, calibration_images, top1
+
+            val_x, val_y = calibration_images("digits", prep, count=10_000, split="val")
+            run = artifact_runner(out, args.format)
+            a32, a8 = top1(model, val_x, val_y), top1(run, val_x, val_y)
+            print(f"digits top-1 (held-out, {len(val_y)} images): fp32 eager {a32:.2f}%  int8 {args.format} {a8:.2f}%"
+                  f"  (change {a8 - a32:+.2f} points)")
+        return 0
+    status = "OK" if result.rel_diff is not None and result.rel_diff <= 1e-4 else "MISMATCH"
     print(f"parity vs PyTorch eager ({result.checked_with}): max |diff| = {result.rel_diff:.2e} of the output scale -> {status}")
     return 0 if status == "OK" else 1
 
@@ -361,16 +451,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from ..deploy import FORMATS
     from ..deploy.quantize import CALIBRATION_METHODS, QUANT_BACKENDS
 
-    p = sub.add_parser("export", help="export a model to ONNX / TorchScript / ExportedProgram and check parity")
-    p.add_argument("name", help="model name (see `edgezoo list`)")
+    p = sub.add_parser("export", help="export to ONNX / TorchScript / ExportedProgram / LiteRT / ExecuTorch / Core ML "
+                                      "and check the artifact")
+    p.add_argument("name", metavar="NAME|RUN", help="model name (see `edgezoo list`) or a run written by `edgezoo train`")
     p.add_argument("--format", required=True, choices=FORMATS,
-                   help="onnx (for ONNX Runtime, OpenVINO, ...), torchscript (.pt) or exported-program "
-                        "(torch.export, .pt2)")
-    p.add_argument("--out", required=True, help="output file")
+                   help="tflite/executorch/coreml need pip install 'edgezoo[mobile]'")
+    p.add_argument("--out", required=True, help="output file (.onnx, .pt, .pt2, .tflite, .pte, .mlpackage)")
     p.add_argument("--checkpoint", help="weights: .safetensors/.pth file or training run directory")
-    p.add_argument("--img-size", type=_positive_int, help="input resolution (default: the model's)")
-    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
-    p.add_argument("--fuse", action="store_true", help="fold BatchNorm into conv weights first")
+    p.add_argument("--img-size", type=_positive_int, help="input resolution (default: the model's or the run's)")
+    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension (ONNX, ExportedProgram)")
+    p.add_argument("--fuse", action="store_true", help="fold BatchNorm into conv weights first (always for phone formats)")
+    p.add_argument("--int8", action="store_true",
+                   help="int8: static PT2E for tflite/executorch (needs --calib), int8 weights for coreml")
+    p.add_argument("--calib", help="calibration images: 'digits' (bundled) or an image folder")
+    p.add_argument("--calib-images", type=_positive_int, default=128, help="how many calibration images (default 128)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="inference latency: medians, throughput, ratios, optional Pareto plot")

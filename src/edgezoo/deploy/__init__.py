@@ -1,6 +1,8 @@
 """Deployment: BN folding, the fastest inference engine per model, export with parity checks, int8 quantization.
 
-ONNX Runtime and OpenVINO are optional (``pip install 'edgezoo[export]'``) and imported only when used.
+ONNX Runtime and OpenVINO are optional (``pip install 'edgezoo[export]'``) and imported only when used; so are the
+phone runtimes (``pip install 'edgezoo[mobile]'``): ``export_model(format="tflite"|"executorch"|"coreml")``, see
+:mod:`edgezoo.deploy.mobile_export` and the per-runtime modules ``litert``, ``executorch``, ``coreml``.
 """
 from .export import FORMATS, ExportResult, export_model
 from .fuse import ChannelAffine, FuseReport, fold_bn, fuse, remaining_batchnorms

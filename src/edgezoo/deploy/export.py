@@ -15,14 +15,16 @@ import io
 import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
-FORMATS = ("onnx", "torchscript", "exported-program")
+FORMATS = ("onnx", "torchscript", "exported-program", "tflite", "executorch", "coreml")
+# The phone runtimes' formats: handled by edgezoo.deploy.mobile_export (needs pip install 'edgezoo[mobile]').
+MOBILE_FORMATS = ("tflite", "executorch", "coreml")
 DEFAULT_OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -56,6 +58,7 @@ class ExportResult:
     format: str
     rel_diff: float | None
     checked_with: str | None
+    details: dict = field(default_factory=dict)  # per-format findings (phone formats: partitions, int8, structure)
 
 
 def rel_diff(a: Tensor, b: Tensor) -> float:
@@ -129,15 +132,29 @@ def export_model(
     check: bool = True,
     opset: int = DEFAULT_OPSET,
     dynamo: bool = False,
+    int8: bool = False,
+    calibration: Tensor | None = None,
 ) -> ExportResult:
     """Write ``model`` to ``path`` as ``format`` (one of :data:`FORMATS`) and check the artifact's outputs.
 
     ``dynamic_batch`` makes the batch dimension symbolic (ONNX and ExportedProgram; a traced TorchScript graph
     runs at any batch anyway). The parity check runs the reloaded artifact on ``example_input`` (and on a batch
     of 2 when ``dynamic_batch``) and reports the max difference relative to the eager output scale.
+
+    ``tflite``, ``executorch`` and ``coreml`` go to :func:`edgezoo.deploy.mobile_export.export_mobile` (batch-1
+    fixed-shape artifacts; ``int8`` with ``calibration`` images), see there.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    if format in MOBILE_FORMATS:
+        if dynamic_batch:
+            raise ValueError(f"dynamic_batch is not supported for format {format!r}: phone artifacts have a fixed batch of 1")
+        from .mobile_export import export_mobile
+
+        return export_mobile(model, path, format=format, example_input=example_input, int8=int8,
+                             calibration=calibration, check=check)
+    if int8:
+        raise ValueError(f"int8 export is offered for {list(MOBILE_FORMATS)}, not {format!r}; see edgezoo.deploy.quantize_int8")
     if not isinstance(example_input, Tensor) or example_input.dim() != 4:
         raise ValueError(f"example_input must be a (B, C, H, W) tensor, got {getattr(example_input, 'shape', example_input)!r}")
     path = Path(path)

@@ -14,7 +14,9 @@ Candidates:
                     so ``auto`` tries it only when asked (``candidates=``);
 * ``onnxruntime`` — ONNX Runtime CPU with every graph optimization;
 * ``openvino``    — OpenVINO CPU plugin, latency hint, fp32 precision forced (it may otherwise pick bf16), with and
-                    without its worker threads pinned to cores (both measured).
+                    without its worker threads pinned to cores (both measured);
+* ``litert`` / ``executorch`` — the phone runtimes' CPU engines (XNNPACK) on the mobile form, when installed
+                    (``pip install 'edgezoo[mobile]'``); minutes to convert, so ``auto`` tries them only when asked.
 
 Engines other than eager are compiled for one input shape; a call with a new shape builds (and caches) the
 engine for that shape, so the returned callable works at any batch and resolution the model supports.
@@ -39,8 +41,12 @@ from .fuse import fuse
 if TYPE_CHECKING:  # precision.py imports this module; only the type is needed here
     from .precision import PrecisionEngine
 
-BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
+BACKENDS = ("eager", "compile", "onnxruntime", "openvino", "litert", "executorch")
+# litert/executorch (phone runtimes, XNNPACK on this CPU) take minutes to convert, so like compile they are
+# measured by auto only when asked (candidates=[..., "litert", "executorch"]).
 AUTO_CANDIDATES = ("eager", "onnxruntime", "openvino")
+MOBILE_BACKENDS = ("litert", "executorch")  # engines built by edgezoo.deploy.mobile_export.engine_runner
+_PER_SHAPE = ("onnxruntime", "openvino", *MOBILE_BACKENDS)  # engines compiled for one input shape
 PARITY_TOL = 1e-3
 TIE_MARGIN = 0.10  # candidates this close to the fastest are timed again before one is chosen
 PINNED_OPENVINO = "openvino/pinned"  # OpenVINO with ENABLE_CPU_PINNING, tried alongside the default configuration
@@ -52,7 +58,8 @@ def available_backends() -> list[str]:
     import importlib.util
 
     found = ["eager", "compile"]
-    for backend, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
+    for backend, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino"), ("litert", "litert_torch"),
+                            ("executorch", "executorch")):
         if importlib.util.find_spec(module) is not None:
             found.append(backend)
     return found
@@ -206,7 +213,7 @@ class OptimizedModel:
     def __call__(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        key = tuple(x.shape) if self.backend in ("onnxruntime", "openvino") else ()
+        key = tuple(x.shape) if self.backend in _PER_SHAPE else ()
         runner = self._runners.get(key)
         if runner is None:
             runner = self._runners[key] = self._build(x)
@@ -224,6 +231,10 @@ def _build_runner(
         return _ort_runner(model, example, threads)
     if backend == "openvino":
         return _openvino_runner(model, example, threads, pinned)
+    if backend in MOBILE_BACKENDS:
+        from .mobile_export import engine_runner
+
+        return engine_runner(backend, model, example, threads)
     raise ValueError(f"backend must be one of {['auto', *BACKENDS]}, got {backend!r}")
 
 
@@ -335,7 +346,7 @@ def optimize(
         backend=engine_name, timings_ms=timings, max_rel_diff=diffs[best], threads=threads, variant=best,
         _model=eager_model if eager else folded, _channels_last=channels_last and eager,
     )
-    engine._runners[tuple(example_input.shape) if engine_name in ("onnxruntime", "openvino") else ()] = runners[best]
+    engine._runners[tuple(example_input.shape) if engine_name in _PER_SHAPE else ()] = runners[best]
     return engine
 
 

@@ -102,6 +102,42 @@ class MobileMQA(nn.Module):
             o = F.interpolate(o, size=(height, width), mode="bilinear", align_corners=False)
         return self.proj_drop(self.out_proj(o))
 
+    def mobile_form(self) -> nn.Module:
+        """Inference form for phone runtimes (see :func:`edgezoo.deploy.mobile.mobile_form`): heads folded."""
+        return _HeadsFoldedMQA(self)
+
+
+class _HeadsFoldedMQA(nn.Module):
+    """:class:`MobileMQA` with the query heads folded into the query rows of one attention.
+
+    With a single K/V head every query head attends over the same keys, so ``heads × queries`` rows against one
+    ``(keys, d)`` matrix compute the same softmax rows as the broadcast form — without the ``unsqueeze``/``expand``
+    of K and V, which XNNPACK (ExecuTorch, LiteRT) cannot run and which would split the graph there.
+    """
+
+    def __init__(self, mqa: MobileMQA) -> None:
+        super().__init__()
+        self.mqa = mqa
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.mqa
+        batch, _, height, width = x.shape
+        q = m.query_proj(m.query_norm(m.query_pool(x)))
+        q_height, q_width = q.shape[-2:]
+        rows = q_height * q_width
+        # (B, heads·dk, h, w) -> (B, 1, heads·h·w, dk): head-major query rows
+        q = q.reshape(batch, m.num_heads, m.key_dim, rows).transpose(-1, -2).reshape(batch, 1, m.num_heads * rows, m.key_dim)
+        k = m.key_proj(m.key_down(x)).flatten(2).transpose(-1, -2)
+        v = m.value_proj(m.value_down(x)).flatten(2).transpose(-1, -2)
+        k = k.reshape(batch, 1, k.shape[1], m.key_dim)
+        v = v.reshape(batch, 1, v.shape[1], m.value_dim)
+        o = F.scaled_dot_product_attention(q, k, v)  # (B, 1, heads·h·w, dv)
+        o = o.reshape(batch, m.num_heads, rows, m.value_dim).transpose(-1, -2)
+        o = o.reshape(batch, m.num_heads * m.value_dim, q_height, q_width)
+        if m.query_stride > 1:
+            o = F.interpolate(o, size=(height, width), mode="bilinear", align_corners=False)
+        return m.proj_drop(m.out_proj(o))
+
 
 class MobileMQABlock(nn.Module):
     """Pre-norm residual attention block of MobileNetV4's hybrids: ``x + drop_path(ls(MQA(BN(x))))``.

@@ -14,13 +14,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``F.normalize(x, dim=-1)`` with the norm broadcast by the division instead of ``expand_as``: the same
+    numbers, but a graph phone runtimes delegate whole (XNNPACK has no expand)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
 def channel_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, *, attn_drop: float = 0.0) -> Tensor:
     """XCA's core, ``softmax(τ · q̂ k̂ᵀ) v`` for ``(B, heads, d, N)`` inputs, ``q̂``/``k̂`` L2-normalised over N.
 
     The d × d map is small: explicit matmuls beat SDPA's dispatch here, and τ scales d² logits, not d·N queries.
     Returns ``(B, heads, d, N)``.
     """
-    attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * temperature
+    attn = (_l2_normalize(q) @ _l2_normalize(k).transpose(-2, -1)) * temperature
     attn = attn.softmax(dim=-1)
     if attn_drop > 0:
         attn = F.dropout(attn, p=attn_drop)

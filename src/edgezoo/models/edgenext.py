@@ -256,6 +256,27 @@ class FourierPositionEncoding(nn.Module):
         grid = torch.cat((rows, cols), dim=-1).permute(2, 0, 1).unsqueeze(0)  # (1, 2·hidden, H, W): y then x
         return self.proj(grid.to(self.proj.weight.dtype))
 
+    def fixed_size_form(self, height: int, width: int) -> nn.Module:
+        """Inference form for one grid size: the encoding computed once and kept as a buffer (phone exports
+        have a fixed input size, and arange/sin/cos would otherwise run on every call)."""
+        return _FixedPositionEncoding(self, height, width)
+
+
+class _FixedPositionEncoding(nn.Module):
+    """:class:`FourierPositionEncoding`'s output for one ``height × width``, precomputed; other sizes compute."""
+
+    def __init__(self, source: FourierPositionEncoding, height: int, width: int) -> None:
+        super().__init__()
+        self.source = source
+        self.size = (int(height), int(width))
+        with torch.no_grad():
+            self.register_buffer("table", source(height, width).detach().clone())
+
+    def forward(self, height: int, width: int) -> Tensor:
+        if (height, width) == self.size:
+            return self.table
+        return self.source(height, width)
+
 
 class SDTAEncoder(nn.Module):
     """Split depth-wise transpose attention encoder (paper §3.2, Fig. 2 right).
