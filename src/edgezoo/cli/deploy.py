@@ -9,19 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from . import UserError
+from .analysis import _positive_int
 
 _EXPORT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2", "tflite": ".tflite",
                   "executorch": ".pte", "coreml": ".mlpackage"}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _int_list(text: str) -> list[int]:
@@ -98,7 +89,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8 and not mobile:
         raise UserError(f"--int8 is offered for --format {'/'.join(MOBILE_FORMATS)}; for ONNX use `edgezoo quantize`")
     if args.int8 and args.format != "coreml" and args.calib is None:
-        raise UserError(f"--int8 needs calibration images: add --calib digits or --calib DIR (an image folder)")
+        raise UserError("--int8 needs calibration images: add --calib digits or --calib DIR (an image folder)")
     if args.dynamic_batch and mobile:
         raise UserError(f"--dynamic-batch is not supported for --format {args.format}: phone artifacts have batch 1")
     if mobile:
