@@ -279,8 +279,8 @@ def test_cli_export_onnx_prints_parity(tmp_path, capsys):
 
 
 def test_cli_unknown_format(tmp_path, capsys):
-    rc, _, err = _run(["export", "mobilenetv1_025", "--format", "tflite", "--out", str(tmp_path / "m")], capsys)
-    _one_line_error(rc, err, "tflite")
+    rc, _, err = _run(["export", "mobilenetv1_025", "--format", "tfjs", "--out", str(tmp_path / "m")], capsys)
+    _one_line_error(rc, err, "tfjs")
 
 
 def test_cli_unknown_backend(capsys):
