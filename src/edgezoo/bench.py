@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .deploy.optimize import time_interleaved
+from .devices import cpu_name
 from .factory import create_model
 from .registry import get_entry
 
@@ -51,16 +51,7 @@ class BenchRow:
 
 def device_description() -> str:
     """CPU model and the thread count torch uses, e.g. ``'AMD EPYC (2 cores), torch threads 2'``."""
-    cpu = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} logical cores), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()} ({os.cpu_count()} logical cores), torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def count_gmacs(model: nn.Module, x: Tensor) -> float:

@@ -1,10 +1,13 @@
-"""One check for a user-given device string, shared by training, evaluation and prediction.
+"""What this machine is: one check for a user-given device string (shared by training, evaluation and prediction)
+and the CPU's name and feature flags (shared by benchmark reports, latency-table keys and the bf16/int8 choice).
 
 ``torch.device("tpu")`` raises a ``RuntimeError`` listing twenty internal device types, and ``"cuda"`` on a machine
 without a GPU only fails at the first tensor moved there, deep inside a loop. Checking the string once, up front,
 turns both into a ``ValueError`` that says what was asked and what this machine offers.
 """
 from __future__ import annotations
+
+import platform
 
 import torch
 
@@ -63,3 +66,26 @@ def resolve_device(device: str | torch.device, *, arg: str = "device") -> torch.
         raise ValueError(f"{arg} {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                          f"numbered from 0")
     return dev
+
+
+def _cpuinfo_field(field: str) -> str | None:
+    """The value of the first ``field`` line of ``/proc/cpuinfo``; None where it is absent or unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags the kernel reports (``/proc/cpuinfo``), lower case; empty where it cannot be read."""
+    flags = _cpuinfo_field("flags")
+    return set(flags.split()) if flags else set()

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..devices import cpu_flags
 from .export import onnx_bytes, require
 from .fuse import fuse
 
@@ -55,19 +56,7 @@ SLOW_FACTOR = 10.0  # candidates this many times slower than fp32 in a first tim
 Runner = Callable[[Tensor], Tensor]
 
 
-# --- the CPU ---------------------------------------------------------------------------------------------------------
-def cpu_flags() -> set[str]:
-    """The CPU feature flags the kernel reports (``/proc/cpuinfo``), lower case; empty where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
+# --- the CPU (flags read by edgezoo.devices.cpu_flags) ----------------------------------------------------------------
 def bf16_support(flags: set[str] | None = None) -> tuple[bool, str]:
     """``(native, why)``: whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16)."""
     flags = cpu_flags() if flags is None else flags

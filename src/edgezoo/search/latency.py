@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from ..analysis import Hardware, LayerCost, Profile, get_hardware, profile, roofline
 from ..analysis.hardware import PRESETS, cache_dir
+from ..devices import cpu_name
 from ..models.mobilenet_v4 import BlockSpec, MobileNetV4Config, MQASpec, UIBSpec, _make_block
 
 TABLE_FORMAT = "edgezoo-latency-table/1"
@@ -226,17 +227,6 @@ def module_units(model: nn.Module, input_shape: Sequence[int]) -> list[ModuleIte
 
 # --------------------------------------------------------------------------------------------------------------
 # Measurement in the deployment engine
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _versions() -> dict[str, str]:
