@@ -8,7 +8,7 @@ from torch import nn
 import edgezoo
 from edgezoo.layers.mobile_mqa import MobileMQA, MobileMQABlock
 from edgezoo.layers.uib import FusedInvertedBottleneck, UniversalInvertedBottleneck
-from edgezoo.models.mobilenet_v4 import CONV_SMALL, MobileNetV4, MQASpec, UIBSpec
+from edgezoo.models.mobilenet_v4 import CONV_SMALL, MobileNetV4, MQASpec, UIBSpec, build_block
 from oracle import assert_close, count_params, pair_from_timm, perturb_, rel_diff, timm_model
 
 VARIANTS = edgezoo.list_models("mobilenetv4_*")
@@ -316,3 +316,25 @@ def test_variant_table_is_typed():
     assert isinstance(hybrid, MobileNetV4)
     assert sum(isinstance(m, MobileMQABlock) for m in hybrid.modules()) == 8
     assert MQASpec(out_chs=160, num_heads=4, head_dim=64, kv_stride=2).stride == 1
+
+
+def test_build_block_is_the_models_block():
+    """The public block builder makes exactly the module MobileNetV4 holds at that position (same weights fit)."""
+    model = MobileNetV4(config=CONV_SMALL, default_cfg={}, num_classes=10).eval()
+    chs = CONV_SMALL.stem_chs
+    for stage_idx, stage in enumerate(CONV_SMALL.stages):
+        i = 0
+        for spec in stage:
+            for repeat in range(spec.repeats):
+                built = build_block(spec, chs, stride=spec.stride if repeat == 0 else None if spec.repeats == 1 else 1)
+                ref = model.blocks[stage_idx][i]
+                assert type(built) is type(ref)
+                built.load_state_dict(ref.state_dict())  # strict: same structure, same shapes
+                x = torch.randn(1, chs, 16, 16)
+                with torch.no_grad():
+                    assert torch.equal(built.eval()(x), ref(x))
+                chs, i = spec.out_chs, i + 1
+    with pytest.raises(ValueError, match="in_chs must be a positive int"):
+        build_block(CONV_SMALL.stages[1][0], 0)
+    with pytest.raises(ValueError, match="stride must be a positive int"):
+        build_block(CONV_SMALL.stages[1][0], 32, stride=0)

@@ -276,19 +276,20 @@ def measure_memory_overlap(peak_macs_per_s: float, bytes_per_s: float, overhead_
     """How far compute and memory time overlap in real layers: 1 = fully (the pure roofline's max), 0 = not at
     all (time = compute + memory). Fitted on mid-size layers as the share of ``min(compute, memory)`` that their
     measured time does *not* hide behind ``max(compute, memory)``."""
+    # The pure roofline's two times per layer, computed here rather than through roofline.roofline: roofline.py
+    # imports this module for Hardware, so importing it back would make the two modules a cycle.
     from .profiler import profile
-    from .roofline import roofline
 
-    pure = Hardware("pure", peak_macs_per_s, bytes_per_s)
     exposed = hidden = 0.0
     with torch.no_grad():
         for layer, shape in _micro_layers(tiny=False):
             layer.eval()
             x = torch.randn(shape)
             t = _best_time(lambda: layer(x), repeats=repeats, inner=inner) - overhead_s
-            for lt in roofline(profile(layer, shape), pure).layers:
-                exposed += max(0.0, min(t - max(lt.compute_s, lt.memory_s), min(lt.compute_s, lt.memory_s)))
-                hidden += min(lt.compute_s, lt.memory_s)
+            for lc in profile(layer, shape).layers:
+                compute_s, memory_s = lc.macs / peak_macs_per_s, lc.bytes / bytes_per_s
+                exposed += max(0.0, min(t - max(compute_s, memory_s), min(compute_s, memory_s)))
+                hidden += min(compute_s, memory_s)
     return 1.0 - exposed / hidden if hidden else 1.0
 
 

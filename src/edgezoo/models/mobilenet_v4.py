@@ -349,10 +349,29 @@ HYBRID_LARGE = MobileNetV4Config(  # MNv4-Hybrid-L, default input 384; GELU thro
 
 
 # --- the model --------------------------------------------------------------------------------------------------
-def _make_block(
-    spec: BlockSpec, in_chs: int, *, stride: int, act: str, layer_scale_init: float | None, drop_path: float
+def build_block(
+    spec: BlockSpec,
+    in_chs: int,
+    *,
+    stride: int | None = None,
+    act: str = "relu",
+    layer_scale_init: float | None = None,
+    drop_path: float = 0.0,
 ) -> nn.Module:
-    """Instantiate one block of the table (``stride`` already resolved for repeats)."""
+    """One block of a variant table as a module: the same code path :class:`MobileNetV4` builds its blocks with.
+
+    Public so that tools pricing or searching over blocks (``edgezoo.search``'s latency table, which times each
+    block alone) build exactly the module the model would contain, not a look-alike. ``spec`` is one
+    :data:`BlockSpec` (``repeats`` is ignored: this builds one block); ``in_chs`` its input channels; ``stride``
+    the stride this copy runs at (default ``spec.stride``; a repeated block runs its later copies at 1);
+    ``act`` the model's activation; ``layer_scale_init`` the hybrid models' layer scale (UIB and MQA only, None:
+    off); ``drop_path`` the stochastic-depth rate of this block.
+    """
+    if isinstance(in_chs, bool) or not isinstance(in_chs, int) or in_chs < 1:
+        raise ValueError(f"in_chs must be a positive int, got {in_chs!r}")
+    stride = getattr(spec, "stride", 1) if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
     if isinstance(spec, ConvSpec):
         return ConvNormAct(in_chs, spec.out_chs, spec.kernel_size, stride=stride, act=act)
     if isinstance(spec, FusedIBSpec):
@@ -423,7 +442,7 @@ class MobileNetV4(EdgeModel):
                 for repeat in range(spec.repeats):
                     stride = spec.stride if repeat == 0 else 1
                     blocks.append(
-                        _make_block(
+                        build_block(
                             spec, chs, stride=stride, act=act, layer_scale_init=config.layer_scale_init,
                             drop_path=dpr[stage_idx][len(blocks)],
                         )
@@ -558,4 +577,5 @@ __all__ = [
     "MobileNetV4",
     "MobileNetV4Config",
     "UIBSpec",
+    "build_block",
 ]

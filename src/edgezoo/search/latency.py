@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..analysis import Hardware, LayerCost, Profile, get_hardware, profile, roofline
 from ..analysis.hardware import PRESETS, cache_dir
 from ..devices import cpu_name
-from ..models.mobilenet_v4 import BlockSpec, MobileNetV4Config, MQASpec, UIBSpec, _make_block
+from ..models.mobilenet_v4 import BlockSpec, MobileNetV4Config, MQASpec, UIBSpec, build_block
 
 TABLE_FORMAT = "edgezoo-latency-table/1"
 SOURCES = ("roofline", "table", "corrected")
@@ -113,7 +113,7 @@ class BlockItem:
         if self.kind == "head":
             return nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvNormAct(self.in_chs, self.out_chs, 1, act=self.act),
                                  nn.Flatten(1), nn.Linear(self.out_chs, self.num_classes))
-        return _make_block(self.spec, self.in_chs, stride=self.stride, act=self.act,
+        return build_block(self.spec, self.in_chs, stride=self.stride, act=self.act,
                            layer_scale_init=self.layer_scale, drop_path=0.0)
 
 
