@@ -156,3 +156,68 @@ def test_block_item_builds_stem_and_head():
     stem = BlockItem(kind="stem", in_chs=3, height=33, width=20, act="relu", out_chs=8)
     assert stem.out_hw == (17, 10)
     assert stem.build()(torch.randn(stem.input_shape)).shape == (1, 8, 17, 10)
+
+
+def _synthetic_table(n_blocks: int = 12) -> LatencyTable:
+    gen = torch.Generator().manual_seed(1)
+    entries = {}
+    kinds = ("conv", "dwconv", "elementwise", "linear")
+    for i in range(n_blocks):
+        layers = [[kinds[int(torch.randint(0, 4, (1,), generator=gen))], 1000, 1000]
+                  for _ in range(int(torch.randint(1, 6, (1,), generator=gen)))]
+        entries[f"b{i}"] = {"ms": 0.05 + float(torch.rand(1, generator=gen)), "layers": layers}
+    return LatencyTable(meta=host_fingerprint("eager", 2), fixed_ms=0.01, entries=entries)
+
+
+def test_fit_correction_recovers_a_known_thread_overhead():
+    """Whole models built from a table with a known in-graph overhead (a multiplier on the block sum, a cost per
+    block and a per-conv split/join cost): the fit must find the three numbers and nothing for other kinds."""
+    from edgezoo.search.latency import correction_features, fit_correction
+
+    table = _synthetic_table()
+    truth = {"block_ms": -0.08, "unit": 0.003, "layer:conv": 0.011}
+    gen = torch.Generator().manual_seed(2)
+    samples = []
+    for _ in range(30):
+        keys = [f"b{int(torch.randint(0, 12, (1,), generator=gen))}" for _ in range(int(torch.randint(3, 20, (1,),
+                                                                                                  generator=gen)))]
+        f = correction_features(table, keys)
+        samples.append((f, f["block_ms"] + sum(c * f[t] for t, c in truth.items())))
+    coef = fit_correction(samples, ridge=0.0)
+    for term, c in truth.items():
+        assert coef[term] == pytest.approx(c, rel=1e-6, abs=1e-9)
+    assert all(abs(c) < 1e-9 for t, c in coef.items() if t not in truth)
+    assert "layer:attention" not in coef  # no sample has one: no coefficient
+    # a bad term or ridge is named
+    with pytest.raises(ValueError, match="unknown correction term 'threads'"):
+        fit_correction(samples, terms=("threads",))
+    with pytest.raises(ValueError, match="ridge must be"):
+        fit_correction(samples, ridge=-1)
+
+
+def test_calibrated_table_keeps_its_keys_and_applies_the_correction(tmp_path):
+    """calibrate_table measures whole models, stores samples + coefficients in the file and changes no entry."""
+    from edgezoo.search.latency import calibrate_table, correction_features
+
+    path = tmp_path / "t.json"
+    items = blocks_of_config(TINY, 32, num_classes=4)
+    table = build_latency_table(items, engine="eager", threads=1, out=path)
+    before = {k: dict(v) for k, v in table.entries.items()}
+    tiny2 = MobileNetV4Config(stem_chs=8, stages=((IB(out_chs=16, mid_dw_kernel=5, expand_ratio=3.0, stride=2),),),
+                              head_chs=16)
+    cases = []
+    for cfg, size in ((TINY, 32), (TINY, 40), (tiny2, 32)):
+        model = MobileNetV4(config=cfg, default_cfg={}, num_classes=4).eval()
+        cases.append((f"tiny{len(cases)}", model, (1, 3, size, size), blocks_of_config(cfg, size, num_classes=4)))
+    coef = calibrate_table(table, cases, terms=("block_ms", "unit"))
+    assert set(coef) == {"block_ms", "unit"}
+    again = LatencyTable.load(path)
+    assert {k: again.entries[k] for k in before} == before  # the measured entries are untouched
+    assert again.correction == pytest.approx(coef)
+    assert [s["name"] for s in again.meta["correction"]["samples"]] == ["tiny0", "tiny1", "tiny2"]
+    keys = [it.key for it in items]
+    f = correction_features(again, keys)
+    raw = TablePredictor(again, measure_missing=False, corrected=False).predict_ms(TINY, 32, num_classes=4)
+    fixed = TablePredictor(again, measure_missing=False).predict_ms(TINY, 32, num_classes=4)
+    assert raw == pytest.approx(sum(again.ms(k) for k in keys) + again.fixed_ms)
+    assert fixed - raw == pytest.approx(coef["block_ms"] * f["block_ms"] + coef["unit"] * f["unit"])

@@ -397,9 +397,28 @@ class LatencyTable:
             raise ValueError(f"latency table {str(p)!r} is not valid JSON: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
             raise ValueError(f"latency table {str(p)!r} is not an {TABLE_FORMAT} file")
-        meta = {k: data[k] for k in ("host", "cpu", "engine", "threads", "versions", "created", "fixed_samples_ms")
-                if k in data}
+        meta = {k: data[k] for k in ("host", "cpu", "engine", "threads", "versions", "created", "fixed_samples_ms",
+                                     "correction") if k in data}
         return cls(meta=meta, fixed_ms=float(data["fixed_ms"]), entries=dict(data["entries"]), path=p)
+
+    @property
+    def correction(self) -> dict[str, float]:
+        """Fitted whole-model correction terms (see :func:`calibrate_table`); empty when never calibrated."""
+        return dict(self.meta.get("correction", {}).get("coef", {}))
+
+    def correction_ms(self, keys: Sequence[str]) -> float:
+        """What running the blocks ``keys`` in one graph adds to (or saves on) the sum of their isolated times."""
+        coef = self.correction
+        if not coef:
+            return 0.0
+        feats = correction_features(self, keys)
+        return sum(c * feats.get(term, 0.0) for term, c in coef.items())
+
+    def predict_keys_ms(self, keys: Sequence[str], *, corrected: bool = True) -> float:
+        """A model made of the blocks ``keys`` (repeats included): their sum + the per-call cost (+ the
+        whole-model correction when the table has one and ``corrected``)."""
+        total = sum(self.ms(k) for k in keys) + self.fixed_ms
+        return total + (self.correction_ms(keys) if corrected else 0.0)
 
     def add(self, items: Iterable[Any], *, progress: Callable[[int, int], None] | None = None) -> int:
         """Measure the items whose keys are missing (same engine and threads) and add them; returns how many."""
@@ -414,6 +433,121 @@ class LatencyTable:
         self.meta["fixed_samples_ms"] = samples
         self.fixed_ms = statistics.median(samples)
         return len(todo)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Whole-model correction: what a graph pays that its blocks timed alone do not (or the other way round)
+
+# Terms of the correction, each a feature of a model's list of blocks: "block_ms" (the blocks' summed time: a
+# multiplier on it), "unit" (one cost per block boundary) and "layer:<kind>" (one cost per layer of that op kind,
+# e.g. an intra-op thread pool's split/join per parallelised op).
+CORRECTION_TERMS = ("block_ms", "unit", *(f"layer:{k}" for k in FIT_KINDS))
+DEFAULT_CORRECTION_TERMS = CORRECTION_TERMS
+# Zoo models the table is calibrated on by default. None of them is in the predictor benchmark's evaluation set
+# (benchmarks/latency_predictor.py), and together they hold every op kind the zoo uses: plain/depthwise convs (V1,
+# V2, V3 with SE), UIB/MQA blocks (MobileNetV4-L), conv+attention hybrids (MobileViT-S, EdgeNeXt-XS), plain
+# transformers (ViT-B/32) and token-mixing MLPs (Mixer-S/16).
+CALIBRATION_MODELS: tuple[tuple[str, int], ...] = (
+    ("mobilenetv1_075", 224), ("mobilenetv2_050", 224), ("mobilenetv2_075", 160), ("mobilenetv3_small_075", 224),
+    ("mobilenetv3_large_075", 224), ("mobilenetv4_conv_large", 192), ("mobilenetv4_hybrid_large", 192),
+    ("mobilevit_s", 192), ("edgenext_x_small", 224), ("vit_base_patch32_224", 224), ("mixer_s16_224", 224),
+)
+
+
+def _fit_kind(kind: str) -> str:
+    return kind if kind in FIT_KINDS else "elementwise"
+
+
+def correction_features(table: LatencyTable, keys: Sequence[str]) -> dict[str, float]:
+    """The correction terms' features of a model made of the blocks ``keys`` (each key as often as it runs)."""
+    feats = dict.fromkeys(CORRECTION_TERMS, 0.0)
+    for key in keys:
+        entry = table.entries[key]
+        feats["block_ms"] += float(entry["ms"])
+        feats["unit"] += 1.0
+        for kind, _macs, _bytes in entry["layers"]:
+            feats[f"layer:{_fit_kind(kind)}"] += 1.0
+    return feats
+
+
+def fit_correction(
+    samples: Sequence[tuple[dict[str, float], float]], *, terms: Sequence[str] = DEFAULT_CORRECTION_TERMS,
+    ridge: float = 1e-2,
+) -> dict[str, float]:
+    """Coefficients ``c`` so that ``measured ≈ block_ms + Σ c[t]·feature[t]`` (per-call cost already removed).
+
+    ``samples`` are ``(features, measured_ms)`` pairs of whole models (:func:`correction_features`). The fit
+    minimises *relative* error (rows weighted by 1/measured, so a 2 ms model counts as much as a 60 ms one),
+    with a small ridge on standardised columns: a few calibration models must not buy a wild coefficient for a
+    kind they barely contain. Terms no sample has get no coefficient.
+    """
+    import numpy as np
+
+    unknown = [t for t in terms if t not in CORRECTION_TERMS]
+    if unknown:
+        raise ValueError(f"unknown correction term {unknown[0]!r}; allowed: {list(CORRECTION_TERMS)}")
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or ridge < 0:
+        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
+    used = [t for t in terms if any(f.get(t, 0.0) for f, _ in samples)]
+    if not samples or not used:
+        return {}
+    w = np.array([1.0 / y for _, y in samples])
+    A = np.array([[f.get(t, 0.0) for t in used] for f, _ in samples]) * w[:, None]
+    r = np.array([y - f["block_ms"] for f, y in samples]) * w
+    scale = np.sqrt((A ** 2).mean(axis=0))
+    scale[scale == 0] = 1.0
+    As = A / scale
+    coef = np.linalg.solve(As.T @ As + ridge * len(samples) * np.eye(len(used)), As.T @ r) / scale
+    return {t: float(c) for t, c in zip(used, coef)}
+
+
+def calibration_cases(
+    models: Sequence[tuple[str, int]] = CALIBRATION_MODELS,
+) -> list[tuple[str, nn.Module, tuple[int, ...], list[ModuleItem]]]:
+    """``(name, model, input shape, units)`` for zoo models given as ``(name, resolution)`` pairs."""
+    from ..registry import create_model
+
+    cases = []
+    for name, size in models:
+        model = create_model(name, img_size=size).eval()
+        in_chans = int(model.default_cfg.get("input_size", (3,))[0])
+        shape = (1, in_chans, size, size)
+        cases.append((name, model, shape, module_units(model, shape)))
+    return cases
+
+
+def calibrate_table(
+    table: LatencyTable,
+    cases: Sequence[tuple[str, nn.Module, Sequence[int], Sequence[Any]]] | None = None,
+    *,
+    terms: Sequence[str] = DEFAULT_CORRECTION_TERMS,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """Fit the table's whole-model correction to whole models measured in its engine, and store it in the table.
+
+    Timed alone, a block does not run as it does inside a graph: at 1 thread it starts with cold caches and pays
+    its own call, at 2+ threads the engine's intra-op pool splits and joins every op, which small isolated graphs
+    and whole models pay differently. ``cases`` are ``(name, model, input_shape, blocks)`` (default:
+    :func:`calibration_cases`); their blocks are added to the table if missing, each whole model is timed with
+    the same protocol as the blocks, and :func:`fit_correction` fits ``terms`` to the difference. The samples are
+    kept in the table, so calibrating again on more models refits on all of them. Returns the coefficients.
+    """
+    cases = list(calibration_cases() if cases is None else cases)
+    table.add([it for *_, items in cases for it in items])
+    wholes = [ModuleItem(f"calibration:{name}", model, tuple(shape)) for name, model, shape, _ in cases]
+    times, fixed = measure_items(wholes, engine=table.engine, threads=table.threads, chunk=6, progress=progress)
+    old = table.meta.get("correction", {}).get("samples", [])
+    samples = {s["name"]: s for s in old}
+    for (name, _, _, items), whole in zip(cases, wholes):
+        samples[name] = {"name": name, "measured_ms": times[whole.key] + fixed - table.fixed_ms,
+                         "keys": [it.key for it in items]}
+    fit_rows = [(correction_features(table, s["keys"]), s["measured_ms"]) for s in samples.values()
+                if all(k in table for k in s["keys"]) and s["measured_ms"] > 0]
+    coef = fit_correction(fit_rows, terms=terms)
+    table.meta["correction"] = {"coef": coef, "terms": list(terms), "samples": list(samples.values())}
+    if table.path is not None:
+        table.save()
+    return coef
 
 
 def default_table_path(engine: str, threads: int) -> Path:
@@ -529,14 +663,16 @@ class RooflinePredictor(_Predictor):
 
 
 class TablePredictor(_Predictor):
-    """Sum of measured block latencies plus the engine's per-call cost; measures (and stores) missing keys."""
+    """Sum of measured block latencies plus the engine's per-call cost, plus the table's whole-model correction
+    when it has been calibrated (:func:`calibrate_table`); measures (and stores) missing keys."""
 
     source = "table"
 
-    def __init__(self, table: LatencyTable, *, measure_missing: bool = True) -> None:
+    def __init__(self, table: LatencyTable, *, measure_missing: bool = True, corrected: bool = True) -> None:
         self.table = table
         self.hardware_name = "host"
         self.measure_missing = measure_missing
+        self.corrected = corrected  # add the table's whole-model correction (if it was calibrated)
 
     def predict_items_ms(self, items: Sequence[Any]) -> float:
         missing = [it for it in items if it.key not in self.table]
@@ -546,7 +682,7 @@ class TablePredictor(_Predictor):
             self.table.add(missing)
             if self.table.path is not None:
                 self.table.save()
-        return sum(self.table.ms(it.key) for it in items) + self.table.fixed_ms
+        return self.table.predict_keys_ms([it.key for it in items], corrected=self.corrected)
 
 
 def _layer_times(layers: Sequence[Sequence[Any]], hardware: Hardware) -> list[tuple[str, float]]:
