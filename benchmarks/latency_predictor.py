@@ -43,6 +43,7 @@ from edgezoo.search.latency import (
     blocks_of_config,
     build_latency_table,
     calibrate_table,
+    correction_features,
     calibration_cases,
     measure_items,
     module_units,
@@ -104,7 +105,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def run(threads: int, n_configs: int, zoo: list[str], engine: str, seed: int, table_path: Path,
-        calibrate: bool = True) -> dict:
+        calibrate_on: tuple[tuple[str, int], ...] = CALIBRATION_MODELS) -> dict:
     rng = random.Random(seed)
     engine = resolve_engine(engine, threads=threads)
     print(f"[{threads} thread(s)] engine {engine}", file=sys.stderr, flush=True)
@@ -132,9 +133,9 @@ def run(threads: int, n_configs: int, zoo: list[str], engine: str, seed: int, ta
     table_s = time.time() - t0
     print(f"\n  table: {len(table.entries)} entries in {table_s:.0f}s", file=sys.stderr, flush=True)
     t0 = time.time()
-    calibration = calibration_cases()
-    assert not {name for name, *_ in calibration} & set(zoo), "calibration models must stay out of the evaluation"
-    coef = calibrate_table(table, calibration) if calibrate else {}
+    calibration = calibration_cases(calibrate_on)
+    assert not {name.split("@")[0] for name, *_ in calibration} & set(zoo), "calibration models must stay out"
+    coef = calibrate_table(table, calibration) if calibration else {}
     calibrate_s = time.time() - t0
     print(f"  calibration on {len(calibration)} held-out models in {calibrate_s:.0f}s: {coef}", file=sys.stderr,
           flush=True)
@@ -148,6 +149,7 @@ def run(threads: int, n_configs: int, zoo: list[str], engine: str, seed: int, ta
         rows.append(dict(
             name=name, zoo=not name.startswith("random"), measured_ms=measured,
             table_ms=pred_table.predict_items_ms(items), table_raw_ms=pred_raw.predict_items_ms(items),
+            features=correction_features(table, [it.key for it in items]),
             corrected_ms=corrected.predict_whole_ms(model, w.input_shape),
         ))
     for r in rows:
@@ -165,7 +167,7 @@ def run(threads: int, n_configs: int, zoo: list[str], engine: str, seed: int, ta
         table_median_abs_err=statistics.median(abs(r["table_err"]) for r in rows),
         table_raw_within_10pct=statistics.mean(abs(r["table_raw_err"]) <= 0.1 for r in rows),
         table_raw_median_abs_err=statistics.median(abs(r["table_raw_err"]) for r in rows),
-        calibration_models=[f"{name}@{size}" for name, size in CALIBRATION_MODELS] if calibrate else [],
+        calibration_models=[f"{name}@{size}" for name, size in calibrate_on],
         calibration_seconds=round(calibrate_s, 1), correction=coef,
         spearman_corrected_zoo=spearman([r["corrected_ms"] for r in zoo_rows], [r["measured_ms"] for r in zoo_rows])
         if len(zoo_rows) > 2 else None,
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for threads in args.threads:
         res = run(threads, args.configs, zoo, args.engine, args.seed,
-                  args.out.with_name(f"latency_table_{threads}t.json"), calibrate=not args.no_calibrate)
+                  args.out.with_name(f"latency_table_{threads}t.json"), calibrate_on=() if args.no_calibrate else CALIBRATION_MODELS)
         results.append(res)
         print(f"{threads} thread(s), {res['engine']}: {res['models']} models; table predictions within ±10 %: "
               f"{100 * res['table_within_10pct']:.0f}% (random {100 * (res['table_within_10pct_random'] or 0):.0f}%, "

@@ -55,7 +55,10 @@ def test_latency_predictor_harness_runs(tmp_path, monkeypatch):
     """One random config at 64 px and one zoo model, measured in eager PyTorch: the harness's whole path."""
     module = _load("latency_predictor")
     monkeypatch.setattr(module, "RESOLUTIONS", (64,))
-    res = module.run(1, 1, ["mobilenetv2_035"], "eager", 0, tmp_path / "table.json")
+    res = module.run(1, 1, ["mobilenetv2_035"], "eager", 0, tmp_path / "table.json",
+                     calibrate_on=(("mobilenetv3_small_050", 64), ("mobilenetv1_025", 64)))
     assert res["models"] == 2 and res["random_configs"] == 1 and res["zoo_models"] == 1
     assert all(r["measured_ms"] > 0 and r["table_ms"] > 0 and r["corrected_ms"] > 0 for r in res["rows"])
+    assert res["calibration_models"] == ["mobilenetv3_small_050@64", "mobilenetv1_025@64"] and res["correction"]
+    assert all(r["table_raw_ms"] > 0 and r["features"]["unit"] >= 1 for r in res["rows"])
     assert 0.0 <= res["table_within_10pct"] <= 1.0

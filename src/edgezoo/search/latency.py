@@ -265,15 +265,42 @@ def resolve_engine(engine: str = "auto", *, threads: int | None = None, img_size
     return opt.variant
 
 
+# How blocks and models are run and timed; a table measured any other way is stale (see LatencyTable.stale_reason).
+# "ort-nospin": ONNX Runtime's intra-op workers do not spin-wait between ops and calls. Measured on the 2-core host
+# (benchmarks/latency_additivity.py, 2 threads): with spinning, one whole model's time varied 2-3x with whatever
+# else ran (MobileNetV4-Conv-M 14 -> 29 ms, ViT-S 40 -> 118 ms, while a short test ran beside it) and block sums
+# missed by 40-100 %; without it the same sums matched the whole models to 1-7 %.
+PROTOCOL = "interleaved-medians/ort-nospin"
+
+
+def _ort_session(onnx: bytes, threads: int) -> Any:
+    """An ONNX Runtime CPU session like :func:`edgezoo.deploy.export.ort_session`, with spin-waiting off."""
+    from ..deploy.export import require
+
+    ort = require("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
+
+
 def _runner(engine: str, module: nn.Module, x: Tensor, threads: int) -> Callable[[], Any]:
     from ..deploy import fuse
-    from ..deploy.optimize import _eager_runner, _openvino_runner, _ort_runner
+    from ..deploy.export import onnx_bytes
+    from ..deploy.optimize import _eager_runner, _openvino_runner
 
     folded = fuse(module.eval())
     if engine == "eager":
         run = _eager_runner(folded, False)
     elif engine == "onnxruntime":
-        run = _ort_runner(folded, x, threads)
+        sess = _ort_session(onnx_bytes(folded, x), threads)
+        name = sess.get_inputs()[0].name
+        feed = {name: x.detach().contiguous().numpy()}
+        return lambda: sess.run(None, feed)
     elif engine in ("openvino", "openvino/pinned"):
         run = _openvino_runner(folded, x, threads, engine == "openvino/pinned")
     else:
@@ -330,6 +357,16 @@ def _layers_of(item: Any) -> list[list[Any]]:
     return [[layer.kind, int(layer.macs), int(layer.bytes)] for layer in prof.layers]
 
 
+def _entry_of(item: Any, ms: float) -> dict[str, Any]:
+    """A table entry: the time, the layers, and the bytes the whole-model correction needs (weights that must
+    come back into cache when other blocks ran in between, and the input + output a standalone call copies)."""
+    prof = profile(item.build(), item.input_shape)
+    out_shape = prof.layers[-1].output_shape if prof.layers else item.input_shape
+    return {"ms": ms, "layers": [[layer.kind, int(layer.macs), int(layer.bytes)] for layer in prof.layers],
+            "weight_bytes": int(sum(layer.weight_bytes for layer in prof.layers)),
+            "io_bytes": 4 * (math.prod(item.input_shape) + math.prod(out_shape))}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The table
 
@@ -339,7 +376,7 @@ def host_fingerprint(engine: str, threads: int) -> dict[str, Any]:
     from .. import __version__
 
     return {"host": platform.node(), "cpu": cpu_name(), "engine": engine, "threads": int(threads),
-            "versions": {**_versions(), "edgezoo": __version__}}
+            "versions": {**_versions(), "edgezoo": __version__}, "protocol": PROTOCOL}
 
 
 @dataclass
@@ -381,7 +418,7 @@ class LatencyTable:
     def stale_reason(self) -> str | None:
         """Why this table does not describe this host now (None when it does)."""
         now = host_fingerprint(self.engine, self.threads)
-        for k in ("host", "cpu", "versions"):
+        for k in ("host", "cpu", "versions", "protocol"):
             if self.meta.get(k) != now[k]:
                 return f"{k} differs (table: {self.meta.get(k)!r}, now: {now[k]!r})"
         return None
@@ -398,7 +435,7 @@ class LatencyTable:
         if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
             raise ValueError(f"latency table {str(p)!r} is not an {TABLE_FORMAT} file")
         meta = {k: data[k] for k in ("host", "cpu", "engine", "threads", "versions", "created", "fixed_samples_ms",
-                                     "correction") if k in data}
+                                     "correction", "protocol") if k in data}
         return cls(meta=meta, fixed_ms=float(data["fixed_ms"]), entries=dict(data["entries"]), path=p)
 
     @property
@@ -427,7 +464,7 @@ class LatencyTable:
             return 0
         times, fixed = measure_items(todo, engine=self.engine, threads=self.threads, progress=progress)
         for it in todo:
-            self.entries[it.key] = {"ms": times[it.key], "layers": _layers_of(it)}
+            self.entries[it.key] = _entry_of(it, times[it.key])
         # every measuring session re-times the per-call cost; the table keeps the median of those sessions
         samples = [*self.meta.get("fixed_samples_ms", []), fixed]
         self.meta["fixed_samples_ms"] = samples
@@ -439,18 +476,22 @@ class LatencyTable:
 # Whole-model correction: what a graph pays that its blocks timed alone do not (or the other way round)
 
 # Terms of the correction, each a feature of a model's list of blocks: "block_ms" (the blocks' summed time: a
-# multiplier on it), "unit" (one cost per block boundary) and "layer:<kind>" (one cost per layer of that op kind,
-# e.g. an intra-op thread pool's split/join per parallelised op).
-CORRECTION_TERMS = ("block_ms", "unit", *(f"layer:{k}" for k in FIT_KINDS))
+# multiplier on it), "unit" (one cost per block boundary), "weight_mb" (weights to bring back into cache: a block
+# timed alone keeps its weights cached, in a model the other blocks evict them), "io_mb" (a block's input and
+# output, which a standalone call copies in and allocates, and a graph keeps in its arena) and "layer:<kind>" (one
+# cost per layer of that op kind, e.g. an intra-op thread pool's split/join per parallelised op).
+CORRECTION_TERMS = ("block_ms", "unit", "weight_mb", "io_mb", *(f"layer:{k}" for k in FIT_KINDS))
 DEFAULT_CORRECTION_TERMS = CORRECTION_TERMS
 # Zoo models the table is calibrated on by default. None of them is in the predictor benchmark's evaluation set
 # (benchmarks/latency_predictor.py), and together they hold every op kind the zoo uses: plain/depthwise convs (V1,
 # V2, V3 with SE), UIB/MQA blocks (MobileNetV4-L), conv+attention hybrids (MobileViT-S, EdgeNeXt-XS), plain
 # transformers (ViT-B/32) and token-mixing MLPs (Mixer-S/16).
 CALIBRATION_MODELS: tuple[tuple[str, int], ...] = (
-    ("mobilenetv1_075", 224), ("mobilenetv2_050", 224), ("mobilenetv2_075", 160), ("mobilenetv3_small_075", 224),
-    ("mobilenetv3_large_075", 224), ("mobilenetv4_conv_large", 192), ("mobilenetv4_hybrid_large", 192),
-    ("mobilevit_s", 192), ("edgenext_x_small", 224), ("vit_base_patch32_224", 224), ("mixer_s16_224", 224),
+    ("mobilenetv1_025", 224), ("mobilenetv1_075", 224), ("mobilenetv2_050", 224), ("mobilenetv2_075", 160),
+    ("mobilenetv3_small_050", 160), ("mobilenetv3_small_075", 224), ("mobilenetv3_large_075", 224),
+    ("mobilenetv4_conv_large", 128), ("mobilenetv4_conv_large", 192), ("mobilenetv4_hybrid_large", 128),
+    ("mobilenetv4_hybrid_large", 192), ("mobilevit_s", 192), ("edgenext_x_small", 224),
+    ("vit_base_patch32_224", 224), ("mixer_s16_224", 224),
 )
 
 
@@ -465,6 +506,8 @@ def correction_features(table: LatencyTable, keys: Sequence[str]) -> dict[str, f
         entry = table.entries[key]
         feats["block_ms"] += float(entry["ms"])
         feats["unit"] += 1.0
+        feats["weight_mb"] += entry.get("weight_bytes", 0) / 1e6
+        feats["io_mb"] += entry.get("io_bytes", 0) / 1e6
         for kind, _macs, _bytes in entry["layers"]:
             feats[f"layer:{_fit_kind(kind)}"] += 1.0
     return feats
@@ -504,15 +547,20 @@ def fit_correction(
 def calibration_cases(
     models: Sequence[tuple[str, int]] = CALIBRATION_MODELS,
 ) -> list[tuple[str, nn.Module, tuple[int, ...], list[ModuleItem]]]:
-    """``(name, model, input shape, units)`` for zoo models given as ``(name, resolution)`` pairs."""
-    from ..registry import create_model
+    """``(name@size, model, input shape, blocks)`` for zoo models given as ``(name, resolution)`` pairs; a
+    MobileNetV4 is cut into the :class:`BlockItem` s a search prices, any other model into its sequential units."""
+    from ..models.mobilenet_v4 import MobileNetV4
+    from ..factory import create_model
 
     cases = []
     for name, size in models:
         model = create_model(name, img_size=size).eval()
-        in_chans = int(model.default_cfg.get("input_size", (3,))[0])
-        shape = (1, in_chans, size, size)
-        cases.append((name, model, shape, module_units(model, shape)))
+        shape = (1, 3, size, size)
+        if isinstance(model, MobileNetV4):
+            items: list[Any] = blocks_of_config(model.config, size, num_classes=model.num_classes)
+        else:
+            items = module_units(model, shape)
+        cases.append((f"{name}@{size}", model, shape, items))
     return cases
 
 
