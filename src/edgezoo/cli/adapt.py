@@ -17,7 +17,14 @@ def _hardware_names() -> list[str]:
 
 
 def cmd_latency_table(args: argparse.Namespace) -> int:
-    from ..search.latency import ENGINES, build_latency_table, default_items, resolve_engine
+    from ..search.latency import (
+        CALIBRATION_MODELS,
+        ENGINES,
+        build_latency_table,
+        calibrate_table,
+        default_items,
+        resolve_engine,
+    )
 
     if args.hardware != "host":
         raise UserError(f"--hardware {args.hardware!r}: a latency table is measured on this machine; use "
@@ -34,8 +41,12 @@ def cmd_latency_table(args: argparse.Namespace) -> int:
             print(f"\r{done}/{total} blocks", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
     table = build_latency_table(items, engine=engine, threads=args.threads, out=args.out, progress=progress)
+    if not args.no_calibrate:
+        print(f"calibrating the whole-model correction on {len(CALIBRATION_MODELS)} zoo models", file=sys.stderr)
+        calibrate_table(table, progress=progress)
     summary = {"out": str(table.path), "entries": len(table.entries), "engine": table.engine,
-               "threads": table.threads, "fixed_ms": round(table.fixed_ms, 5), "cpu": table.meta["cpu"]}
+               "threads": table.threads, "fixed_ms": round(table.fixed_ms, 5), "cpu": table.meta["cpu"],
+               "correction": table.correction}
     print(json.dumps(summary) if args.json else
           f"wrote {table.path}: {len(table.entries)} blocks, {table.engine}, {table.threads} thread(s), "
           f"per-call cost {table.fixed_ms:.4f} ms")
@@ -70,6 +81,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, help="threads to measure with (default: torch's)")
     p.add_argument("--img-sizes", type=_positive_int, nargs="*", default=None, metavar="PX",
                    help="resolutions of the zoo configs' blocks (default 64 128 224)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="skip timing whole zoo models for the whole-model correction (plain block sums)")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress output while measuring")
     p.set_defaults(func=cmd_latency_table)

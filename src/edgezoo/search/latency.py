@@ -10,8 +10,13 @@ offers both, plus a blend:
 * ``"table"`` — a per-block lookup table **measured on this host** in the engine :func:`edgezoo.deploy.optimize`
   would deploy with (ONNX Runtime, OpenVINO or eager PyTorch), with a fixed thread count. Each block is timed in
   isolation, minus the engine's per-call cost; a model is the sum over its blocks plus that per-call cost, measured
-  once. The table is a JSON file that names the host, CPU, engine, threads and library versions and is rebuilt when
-  any of them differs; keys missing at prediction time are measured and added.
+  once, plus a **whole-model correction** (:func:`calibrate_table`): a block timed alone keeps its weights in
+  cache and copies its own input and output, and at 2+ threads pays the thread pool's split/join per op
+  differently than inside a graph, so a few terms (a multiplier on the sum, a cost per block, per MB of weights
+  and of block I/O, per layer of each op kind) are fitted to whole zoo models measured in the same engine — models
+  kept out of the benchmark's evaluation set. The table is a JSON file that names the host, CPU, engine, threads,
+  library versions and measuring protocol and is rebuilt when any of them differs; keys missing at prediction time
+  are measured and added. ONNX Runtime is timed with its workers' spin-waiting off (see :data:`PROTOCOL`).
 * ``"corrected"`` — the roofline, with one multiplier per op kind (conv, depthwise, linear, attention, ...) and a
   per-layer cost fitted by non-negative least squares to the table: it predicts blocks the table has never seen
   and whole models of any family.
@@ -880,7 +885,9 @@ def latency_predictor(
 
 
 __all__ = [
-    "BlockItem", "CorrectedPredictor", "LatencyTable", "ModuleItem", "RooflinePredictor", "TablePredictor",
-    "blocks_of_config", "build_latency_table", "default_items", "latency_predictor", "measure_items",
+    "CALIBRATION_MODELS", "CORRECTION_TERMS", "BlockItem", "CorrectedPredictor", "LatencyTable", "ModuleItem",
+    "RooflinePredictor", "TablePredictor", "blocks_of_config", "build_latency_table", "calibrate_table",
+    "calibration_cases", "correction_features", "default_items", "fit_correction", "latency_predictor",
+    "measure_items",
     "module_units", "resolve_engine",
 ]
