@@ -10,7 +10,8 @@ is compared with the whole model timed the same way:
 * ``chain``       — each unit repeated ``--copies`` times in one graph (one session): the in-graph cost per copy;
 * spinning on (ORT's default) or off (``session.intra_op.allow_spinning = 0``).
 
-    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/latency_additivity.py --threads 2 --models mobilenetv4_conv_medium
+    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/latency_additivity.py --threads 2 \
+        --models mobilenetv4_conv_medium vit_small_patch16_224 mobilenetv1_050 --randoms 6 44
 
 Prints one line per model and protocol and writes ``benchmarks/results/latency_additivity.json``.
 """

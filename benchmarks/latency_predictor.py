@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for threads in args.threads:
         res = run(threads, args.configs, zoo, args.engine, args.seed,
-                  args.out.with_name(f"latency_table_{threads}t.json"), calibrate_on=() if args.no_calibrate else CALIBRATION_MODELS)
+                  args.out.with_name(f"latency_table_{threads}t.json"),
+                  calibrate_on=() if args.no_calibrate else CALIBRATION_MODELS)
         results.append(res)
         print(f"{threads} thread(s), {res['engine']}: {res['models']} models; table predictions within ±10 %: "
               f"{100 * res['table_within_10pct']:.0f}% (random {100 * (res['table_within_10pct_random'] or 0):.0f}%, "
