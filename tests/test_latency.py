@@ -172,7 +172,7 @@ def _synthetic_table(n_blocks: int = 12) -> LatencyTable:
 def test_fit_correction_recovers_a_known_thread_overhead():
     """Whole models built from a table with a known in-graph overhead (a multiplier on the block sum, a cost per
     block and a per-conv split/join cost): the fit must find the three numbers and nothing for other kinds."""
-    from edgezoo.search.latency import correction_features, fit_correction
+    from edgezoo.search.latency import CORRECTION_TERMS, correction_features, fit_correction
 
     table = _synthetic_table()
     truth = {"block_ms": -0.08, "unit": 0.003, "layer:conv": 0.011}
@@ -183,7 +183,7 @@ def test_fit_correction_recovers_a_known_thread_overhead():
                                                                                                   generator=gen)))]
         f = correction_features(table, keys)
         samples.append((f, f["block_ms"] + sum(c * f[t] for t, c in truth.items())))
-    coef = fit_correction(samples, ridge=0.0)
+    coef = fit_correction(samples, ridge=0.0, terms=CORRECTION_TERMS)
     for term, c in truth.items():
         assert coef[term] == pytest.approx(c, rel=1e-6, abs=1e-9)
     assert all(abs(c) < 1e-9 for t, c in coef.items() if t not in truth)
