@@ -108,7 +108,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def run(threads: int, n_configs: int, zoo: list[str], engine: str, seed: int, table_path: Path,
-        calibrate_on: tuple[tuple[str, int], ...] = CALIBRATION_MODELS) -> dict:
+        calibrate_on: tuple[tuple[str, int], ...] = CALIBRATION_MODELS, calibrate_random: int = 0) -> dict:
     rng = random.Random(seed)
     engine = resolve_engine(engine, threads=threads)
     print(f"[{threads} thread(s)] engine {engine}", file=sys.stderr, flush=True)
@@ -137,6 +137,14 @@ def run(threads: int, n_configs: int, zoo: list[str], engine: str, seed: int, ta
     print(f"\n  table: {len(table.entries)} entries in {table_s:.0f}s", file=sys.stderr, flush=True)
     t0 = time.time()
     calibration = calibration_cases(calibrate_on)
+    # plus random configs from the evaluated space but another seed: models like the ones a search prices, none of
+    # them in the evaluation set
+    cal_rng = random.Random(seed + 1)
+    for i in range(calibrate_random):
+        cfg = random_config(cal_rng)
+        size = cal_rng.choice(RESOLUTIONS)
+        model = MobileNetV4(config=cfg, default_cfg={}, num_classes=1000).eval()
+        calibration.append((f"calibration-random{i}@{size}", model, (1, 3, size, size), blocks_of_config(cfg, size)))
     assert not {name.split("@")[0] for name, *_ in calibration} & set(zoo), "calibration models must stay out"
     coef = calibrate_table(table, calibration) if calibration else {}
     calibrate_s = time.time() - t0
@@ -159,7 +167,7 @@ def run(threads: int, n_configs: int, zoo: list[str], engine: str, seed: int, ta
     res = dict(
         threads=threads, engine=engine, table_entries=len(table.entries), table_seconds=round(table_s, 1),
         fixed_ms=table.fixed_ms, models=len(rows), random_configs=n_configs, zoo_models=sum(r["zoo"] for r in rows),
-        calibration_models=[f"{name}@{size}" for name, size in calibrate_on],
+        calibration_models=[name for name, *_ in calibration],
         calibration_seconds=round(calibrate_s, 1),
         calibration=[dict(name=s["name"], measured_ms=s["measured_ms"],
                           features=correction_features(table, s["keys"])) for s in samples],
@@ -268,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-calibrate", action="store_true", help="skip the whole-model correction (raw block sums)")
+    ap.add_argument("--calibrate-random", type=int, default=0, metavar="N",
+                    help="also calibrate on N random configs drawn with seed+1 (never evaluated)")
     ap.add_argument("--out", type=Path, default=RESULTS / "latency_predictor.json")
     ap.add_argument("--rescore", action="store_true",
                     help="measure nothing: refit the correction of the results in --out with the library's current "
@@ -291,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     for threads in args.threads:
         res = run(threads, args.configs, zoo, args.engine, args.seed,
                   args.out.with_name(f"latency_table_{threads}t.json"),
-                  calibrate_on=() if args.no_calibrate else CALIBRATION_MODELS)
+                  calibrate_on=() if args.no_calibrate else CALIBRATION_MODELS,
+                  calibrate_random=0 if args.no_calibrate else args.calibrate_random)
         results.append(res)
         print(f"{threads} thread(s), {res['engine']}: {res['models']} models; table predictions within ±10 %: "
               f"{100 * res['table_within_10pct']:.0f}% (random {100 * (res['table_within_10pct_random'] or 0):.0f}%, "
