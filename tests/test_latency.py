@@ -221,3 +221,20 @@ def test_calibrated_table_keeps_its_keys_and_applies_the_correction(tmp_path):
     fixed = TablePredictor(again, measure_missing=False).predict_ms(TINY, 32, num_classes=4)
     assert raw == pytest.approx(sum(again.ms(k) for k in keys) + again.fixed_ms)
     assert fixed - raw == pytest.approx(coef["block_ms"] * f["block_ms"] + coef["unit"] * f["unit"])
+
+
+def test_table_measured_with_another_protocol_is_stale(tmp_path):
+    """A table timed another way (e.g. ONNX Runtime with spin-waiting on) is rebuilt, not mixed with new entries."""
+    table = LatencyTable(meta={**host_fingerprint("onnxruntime", 2), "protocol": "interleaved-medians"}, fixed_ms=0.01)
+    table.save(tmp_path / "t.json")
+    assert "protocol differs" in LatencyTable.load(tmp_path / "t.json").stale_reason()
+    fresh = LatencyTable(meta=host_fingerprint("onnxruntime", 2), fixed_ms=0.01)
+    assert fresh.stale_reason() is None
+
+
+def test_entries_record_weight_and_io_bytes(tmp_path):
+    items = blocks_of_config(TINY, 32, num_classes=4)
+    table = build_latency_table(items[:2], engine="eager", threads=1, out=tmp_path / "t.json")
+    stem = table.entries[items[0].key]
+    assert stem["weight_bytes"] >= 4 * sum(p.numel() for p in items[0].build().parameters())  # + BN statistics
+    assert stem["io_bytes"] == 4 * (3 * 32 * 32 + 8 * 16 * 16)
