@@ -68,6 +68,10 @@ class SupernetConfig:
     # one input resolution per step for the whole sandwich (else the largest always sees the largest resolution and
     # each other subnet its own, so the teacher's resolution is the only one the shared weights are fitted at)
     resolution_per_step: bool = True
+    # each phase gets its own warm-up + cosine learning-rate schedule (OFA trains every phase as a fine-tune of the
+    # previous one with a fresh schedule); False: one schedule over all epochs, so the last phase -- the one that
+    # teaches the whole space -- would run at the tail of the cosine
+    phase_lr_restart: bool = True
     search_fraction: float = 0.2  # of the training split, held out to score subnets
     calib_images: int = 256  # training images for BatchNorm re-estimation of each subnet
     teacher: str | None = None
@@ -260,6 +264,7 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
         # a run saved before progressive shrinking existed trained the plain sandwich: resume it as such
         saved.setdefault("progressive", False)
         saved.setdefault("resolution_per_step", False)
+        saved.setdefault("phase_lr_restart", False)
         cfg = dataclasses.replace(SupernetConfig(**{k: v for k, v in saved.items()
                                                     if k in {f.name for f in dataclasses.fields(SupernetConfig)}}),
                                   out=cfg.out, progress=cfg.progress, device=cfg.device)
@@ -283,8 +288,18 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
     drop_last = n_train > cfg.batch_size
     steps_per_epoch = n_train // cfg.batch_size if drop_last else math.ceil(n_train / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total, int(round(tcfg.warmup_epochs * steps_per_epoch)), tcfg.min_lr_ratio))
+    warm = int(round(tcfg.warmup_epochs * steps_per_epoch))
+    lr_factor = warmup_cosine(total, warm, tcfg.min_lr_ratio)
+    phases = phase_schedule(cfg)
+    if cfg.progressive and cfg.phase_lr_restart:
+        spans = [(phases.index(p) * steps_per_epoch, phases.count(p) * steps_per_epoch) for p in PHASES if p in phases]
+        per_phase = [(start, warmup_cosine(n, min(warm, n // 4), tcfg.min_lr_ratio)) for start, n in spans]
+
+        def lr_factor(step: int) -> float:  # noqa: F811 -- the per-phase variant
+            start, f = max((sp for sp in per_phase if sp[0] <= step), key=lambda sp: sp[0])
+            return f(step - start)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     history: list[dict[str, Any]] = []
     start_epoch, seconds = 0, 0.0
     if state is not None:
@@ -298,7 +313,6 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
             log(f"resuming the supernet after epoch {start_epoch}/{cfg.epochs}")
 
     largest, smallest = space.largest(), space.smallest()
-    phases = phase_schedule(cfg)
     if start_epoch == 0 and cfg.progress:
         plan = ", ".join(f"{p} {phases.count(p)}" for p in PHASES if p in phases) if cfg.progressive else "off"
         log(f"supernet: space {space.name!r} ({space.num_subnets():.3g} subnets), {n_train} train / "
@@ -316,7 +330,7 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
         loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last, generator=gen,
                             num_workers=0, collate_fn=skip_none_collate)
         net.train()
-        loss_sum, n_seen = 0.0, 0
+        loss_sum, n_seen, kd_sum, n_kd = 0.0, 0, 0.0, 0
         bar = _progress(loader, enabled=cfg.progress, total=steps_per_epoch, desc=f"supernet {epoch + 1}/{cfg.epochs}")
         for step, batch in enumerate(bar):
             if batch is None:
@@ -348,6 +362,8 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
                 student = net(resize_to(x, sub.resolution), sub)
                 kd = F.kl_div(F.log_softmax(student / t, dim=-1), soft, log_target=True, reduction="batchmean") * t * t
                 kd.backward()
+                kd_sum += kd.item()
+                n_kd += 1
             if not torch.isfinite(loss):
                 raise ValueError(f"supernet loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
             nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -361,6 +377,8 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
         epoch_s = time.perf_counter() - t0
         seconds += epoch_s
         row = {"epoch": epoch + 1, "phase": phase, "train_loss": loss_sum / max(1, n_seen), "seconds": epoch_s}
+        if n_kd:  # mean in-place distillation loss (KL to the largest) of the other subnets
+            row["kd_loss"] = kd_sum / n_kd
         last = epoch + 1 == cfg.epochs
         if last or (epoch + 1) % 4 == 0:  # scoring costs a BN re-estimation per subnet: not every epoch
             row["largest_top1"] = evaluate_subnet(net, data, largest, device=device)["top1"]
@@ -368,6 +386,7 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
         history.append(row)
         if cfg.progress:
             log(f"supernet epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}"
+                + (f" distillation {row['kd_loss']:.4f}" if "kd_loss" in row else "")
                 + (f"  search top-1 largest {row['largest_top1']:.2f}% smallest {row['smallest_top1']:.2f}%"
                    if "largest_top1" in row else "") + f"  {epoch_s:.1f}s")
         atomic_torch_save({
