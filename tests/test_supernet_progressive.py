@@ -105,3 +105,17 @@ def test_resume_across_a_phase_boundary_gives_the_same_weights(tmp_path: Path) -
     assert [h["phase"] for h in summary["history"]] == list(PHASES)
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_each_phase_gets_its_own_learning_rate_schedule(tmp_path: Path) -> None:
+    data = None
+    lrs = {}
+    for restart in (True, False):
+        cfg = _cfg(tmp_path, f"lr{restart}", epochs=2, phase_fractions=(1, 0, 0, 1), phase_lr_restart=restart,
+                   num_random=1)
+        data = data or SearchData(cfg, TINY)
+        _, _, summary = train_supernet(cfg, TINY, data=data)
+        lrs[restart] = [h["lr"] for h in summary["history"]]
+    # restarted: each phase ends at the bottom of its own cosine; one schedule: still high after the first phase
+    assert lrs[True][0] == pytest.approx(lrs[True][1]) and lrs[True][0] < 0.2 * lrs[False][0]
+    assert lrs[False][1] < lrs[False][0]

@@ -331,6 +331,7 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
                             num_workers=0, collate_fn=skip_none_collate)
         net.train()
         loss_sum, n_seen, kd_sum, n_kd = 0.0, 0, 0.0, 0
+        step_lr = optimizer.param_groups[0]["lr"]
         bar = _progress(loader, enabled=cfg.progress, total=steps_per_epoch, desc=f"supernet {epoch + 1}/{cfg.epochs}")
         for step, batch in enumerate(bar):
             if batch is None:
@@ -367,6 +368,7 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
             if not torch.isfinite(loss):
                 raise ValueError(f"supernet loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
             nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            step_lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
             loss_sum += loss.item() * len(y)
@@ -376,7 +378,8 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
         bar.close()
         epoch_s = time.perf_counter() - t0
         seconds += epoch_s
-        row = {"epoch": epoch + 1, "phase": phase, "train_loss": loss_sum / max(1, n_seen), "seconds": epoch_s}
+        row = {"epoch": epoch + 1, "phase": phase, "train_loss": loss_sum / max(1, n_seen), "seconds": epoch_s,
+               "lr": step_lr}  # the learning rate of the epoch's last step
         if n_kd:  # mean in-place distillation loss (KL to the largest) of the other subnets
             row["kd_loss"] = kd_sum / n_kd
         last = epoch + 1 == cfg.epochs
