@@ -119,3 +119,17 @@ def test_each_phase_gets_its_own_learning_rate_schedule(tmp_path: Path) -> None:
     # restarted: each phase ends at the bottom of its own cosine; one schedule: still high after the first phase
     assert lrs[True][0] == pytest.approx(lrs[True][1]) and lrs[True][0] < 0.2 * lrs[False][0]
     assert lrs[False][1] < lrs[False][0]
+
+
+def test_zero_init_residual_makes_later_blocks_the_identity() -> None:
+    from edgezoo.search.supernet import Supernet
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    for zero in (True, False):
+        net = Supernet(TINY, num_classes=10, zero_init_residual=zero).eval()
+        deep = dataclasses.replace(TINY.largest(), resolution=16)
+        shallow = dataclasses.replace(deep, stages=tuple(dataclasses.replace(c, depth=1) for c in deep.stages))
+        with torch.no_grad():
+            same = torch.allclose(net(x, deep), net(x, shallow), rtol=0, atol=1e-6)
+        assert same == zero

@@ -72,6 +72,7 @@ class SupernetConfig:
     # previous one with a fresh schedule); False: one schedule over all epochs, so the last phase -- the one that
     # teaches the whole space -- would run at the tail of the cosine
     phase_lr_restart: bool = True
+    zero_init_residual: bool = True  # residual blocks start as the identity (BigNAS §3.1)
     search_fraction: float = 0.2  # of the training split, held out to score subnets
     calib_images: int = 256  # training images for BatchNorm re-estimation of each subnet
     teacher: str | None = None
@@ -265,6 +266,7 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
         saved.setdefault("progressive", False)
         saved.setdefault("resolution_per_step", False)
         saved.setdefault("phase_lr_restart", False)
+        saved.setdefault("zero_init_residual", False)
         cfg = dataclasses.replace(SupernetConfig(**{k: v for k, v in saved.items()
                                                     if k in {f.name for f in dataclasses.fields(SupernetConfig)}}),
                                   out=cfg.out, progress=cfg.progress, device=cfg.device)
@@ -275,7 +277,8 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
     data = data or SearchData(cfg, space)
     num_classes = len(data.classes)
     _seed_everything(cfg.seed)
-    net = Supernet(space, num_classes=num_classes, kernel_transform=cfg.kernel_transform).to(device)
+    net = Supernet(space, num_classes=num_classes, kernel_transform=cfg.kernel_transform,
+                   zero_init_residual=cfg.zero_init_residual).to(device)
     teacher = _build_teacher(cfg, num_classes)
     if teacher is not None:
         teacher.to(device)
