@@ -50,7 +50,7 @@ class SupernetConfig:
 
     data: str = "digits"
     out: str = "runs/search"
-    epochs: int = 12
+    epochs: int = 24
     batch_size: int = 64
     num_random: int = 2  # random subnets per step besides the largest and the smallest
     lr: float | None = None
@@ -64,7 +64,7 @@ class SupernetConfig:
     # "expand" (+ elastic expansion), "elastic" (+ depth, width and the last conv: the whole space). A zero fraction
     # skips its phase; progressive=False trains the whole space from the first step (plain sandwich rule).
     progressive: bool = True
-    phase_fractions: tuple[float, ...] = (0.25, 0.25, 0.25, 0.25)
+    phase_fractions: tuple[float, ...] = (0.2, 0.3, 0.2, 0.3)
     # one input resolution per step for the whole sandwich (else the largest always sees the largest resolution and
     # each other subnet its own, so the teacher's resolution is the only one the shared weights are fitted at)
     resolution_per_step: bool = True
