@@ -44,6 +44,11 @@ def main() -> None:
     ap.add_argument("--hardware", default="phone_cpu")
     ap.add_argument("--retrain", action="store_true", help="phase 1: retrain the architectures from scratch")
     ap.add_argument("--supernet", default=None, help="phase 2: a search run dir with supernet.safetensors")
+    ap.add_argument("--train-supernet", action="store_true",
+                    help="first train (or resume) the supernet into --supernet with SupernetConfig defaults and --set")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="SupernetConfig override for --train-supernet (YAML value), e.g. epochs=16")
+    ap.add_argument("--random", type=int, default=0, help="phase 2: also score this many random subnets")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -85,15 +90,37 @@ def main() -> None:
                   f"{ev['loss']:.4f}  ({a['retrain_s']:.0f}s)", flush=True)
 
     if args.supernet:
+        import yaml
         from scipy.stats import kendalltau
 
-        from edgezoo.search.supernet_train import SearchData, SupernetConfig, evaluate_subnet, load_supernet
+        from edgezoo.search.supernet_train import (SearchData, SupernetConfig, evaluate_subnet, load_supernet,
+                                                    train_supernet)
 
         data = SearchData(SupernetConfig(), space)
+        if args.train_supernet:
+            over = {}
+            for kv in args.set:
+                k, _, v = kv.partition("=")
+                over[k] = yaml.safe_load(v)
+            cfg = SupernetConfig(out=args.supernet, **over)
+            t0 = time.perf_counter()
+            _, _, summary = train_supernet(cfg, space, data=data,
+                                           resume=(Path(args.supernet) / "supernet_state.pt").is_file())
+            results["supernet"] = {"config": cfg.to_dict(), "seconds": summary["seconds"],
+                                   "wall_s": time.perf_counter() - t0, "history": summary["history"]}
         net = load_supernet(args.supernet, space, len(data.classes), kernel_transform=True)
         for a in results["archs"]:
             r = evaluate_subnet(net, data, Subnet.from_dict(a["subnet"]))
             a.update(inherited_top1=r["top1"], inherited_loss=r["loss"])
+        if args.random:
+            rng = random.Random(12345)
+            rand = [evaluate_subnet(net, data, space.sample(rng))["top1"] for _ in range(args.random)]
+            results["random_subnets_top1"] = rand
+            for name, sub in (("largest", space.largest()), ("smallest", space.smallest())):
+                results[f"{name}_top1"] = evaluate_subnet(net, data, sub)["top1"]
+            print(f"random subnets (search split top-1): mean {sum(rand) / len(rand):.2f}% range "
+                  f"{min(rand):.2f}-{max(rand):.2f}%; largest {results['largest_top1']:.2f}% smallest "
+                  f"{results['smallest_top1']:.2f}%", flush=True)
         done = [a for a in results["archs"] if "retrained_top1" in a]
         if len(done) >= 3:
             t_acc = kendalltau([a["inherited_top1"] for a in done], [a["retrained_top1"] for a in done])

@@ -95,8 +95,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=_positive_int, default=96, help="architectures to evaluate (default 96)")
     p.add_argument("--reward", default="hard", choices=("hard", "soft"),
                    help="hard latency limit, or MnasNet's soft reward ACC x (LAT/TAR)^-0.07")
-    p.add_argument("--supernet-epochs", type=_positive_int, default=12,
-                   help="epochs of sandwich-rule supernet training (--minutes may lower it)")
+    p.add_argument("--supernet-epochs", type=_positive_int, default=24,
+                   help="epochs of supernet training: progressive shrinking, sandwich rule (--minutes may lower it)")
     p.add_argument("--retrain-epochs", type=_positive_int, default=None,
                    help="epochs for retraining the winner (default: the MobileNetV4 digits recipe)")
     p.add_argument("--latency-source", default="roofline", choices=LATENCY_SOURCES,

@@ -90,7 +90,7 @@ def _estimate_epochs(space: SearchSpace, minutes: float, batch: int, n_train: in
 
 def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: str | Path,
                minutes: float | None = None, resume: bool = False, space: SearchSpace = DIGITS_SPACE,
-               strategy: str = "two-stage", budget: int = 96, supernet_epochs: int = 12,
+               strategy: str = "two-stage", budget: int = 96, supernet_epochs: int = 24,
                retrain_epochs: int | None = None, latency_source: str = "roofline", table: str | None = None,
                reward: str = "hard", w: float = MNASNET_W, num_random: int = 2, seed: int = 0, progress: bool = True,
                teacher_checkpoint: str | None = None,

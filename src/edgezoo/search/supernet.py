@@ -246,7 +246,7 @@ class Supernet(nn.Module):
     """
 
     def __init__(self, space: SearchSpace, *, num_classes: int, in_chans: int = 3,
-                 kernel_transform: bool = False) -> None:
+                 kernel_transform: bool = False, zero_init_residual: bool = False) -> None:
         super().__init__()
         self.space = space
         self.num_classes = num_classes
@@ -280,6 +280,21 @@ class Supernet(nn.Module):
         self.conv_head = DynConvBN(max(space.last_chs), space.head_chs, (1,), act=act)
         self.classifier = nn.Linear(space.head_chs, num_classes)
         self._init_weights()
+        if zero_init_residual:
+            self._zero_residual_branches()
+
+    def _zero_residual_branches(self) -> None:
+        """Zero the last BN scale of every block that always has a residual (not a stage's first block), so each
+        starts as the identity (BigNAS §3.1, after Goyal et al. 2017): a block whose choices change then perturbs the
+        residual stream by its own small branch instead of a unit-scale one, and those perturbations do not compound
+        through the 15-odd blocks of a subnet the way they do from a unit-scale start."""
+        for i, blk in enumerate(self.fused):
+            if i > 0:
+                nn.init.zeros_(blk.conv_pwl.bn.weight)
+        for blocks in self.stages:
+            for i, blk in enumerate(blocks):
+                if i > 0:
+                    nn.init.zeros_(blk.pw_proj.bn.weight)
 
     def _init_weights(self) -> None:
         """MobileNetV4's init (He-normal on fan-out, BN at identity) on the largest weights, except a small

@@ -36,7 +36,7 @@ from ..train.config import TrainConfig, resolve_config
 from ..train.data import build_datasets, eval_transform, skip_none_collate
 from ..train.distill import distillation_loss
 from ..train.engine import _epoch_seed, _progress, _seed_everything, make_optimizer, warmup_cosine
-from .space import SearchSpace, Subnet
+from .space import BlockChoice, SearchSpace, StageChoice, Subnet
 from .supernet import Supernet, recalibrate_bn, resize_to
 
 STATE_FILE = "supernet_state.pt"
@@ -50,7 +50,7 @@ class SupernetConfig:
 
     data: str = "digits"
     out: str = "runs/search"
-    epochs: int = 12
+    epochs: int = 24
     batch_size: int = 64
     num_random: int = 2  # random subnets per step besides the largest and the smallest
     lr: float | None = None
@@ -59,6 +59,20 @@ class SupernetConfig:
     label_smoothing: float = 0.1
     kd_temperature: float = 1.0  # in-place distillation: the largest subnet's plain softmax
     kernel_transform: bool = True
+    # Progressive shrinking (Once-for-All, Cai et al. 2020, §3.2): the epochs are split into phases by these
+    # fractions -- "full" (the largest subnet alone), "kernel" (+ elastic start/middle DW: kernel size and presence),
+    # "expand" (+ elastic expansion), "elastic" (+ depth, width and the last conv: the whole space). A zero fraction
+    # skips its phase; progressive=False trains the whole space from the first step (plain sandwich rule).
+    progressive: bool = True
+    phase_fractions: tuple[float, ...] = (0.2, 0.3, 0.2, 0.3)
+    # one input resolution per step for the whole sandwich (else the largest always sees the largest resolution and
+    # each other subnet its own, so the teacher's resolution is the only one the shared weights are fitted at)
+    resolution_per_step: bool = True
+    # each phase gets its own warm-up + cosine learning-rate schedule (OFA trains every phase as a fine-tune of the
+    # previous one with a fresh schedule); False: one schedule over all epochs, so the last phase -- the one that
+    # teaches the whole space -- would run at the tail of the cosine
+    phase_lr_restart: bool = True
+    zero_init_residual: bool = True  # residual blocks start as the identity (BigNAS §3.1)
     search_fraction: float = 0.2  # of the training split, held out to score subnets
     calib_images: int = 256  # training images for BatchNorm re-estimation of each subnet
     teacher: str | None = None
@@ -68,8 +82,72 @@ class SupernetConfig:
     progress: bool = True
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        fr = tuple(self.phase_fractions)
+        if len(fr) != len(PHASES) or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not f >= 0
+                                          for f in fr) or not sum(fr) > 0:
+            raise ValueError(f"phase_fractions must be {len(PHASES)} non-negative numbers (phases {list(PHASES)}) "
+                             f"with a positive sum, got {self.phase_fractions!r}")
+        self.phase_fractions = tuple(float(f) for f in fr)
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# phases of progressive shrinking and the dimensions each one lets vary (the input resolution always varies)
+PHASES = ("full", "kernel", "expand", "elastic")
+OPEN_DIMS: dict[str, frozenset[str]] = {
+    "full": frozenset(),
+    "kernel": frozenset({"kernel"}),
+    "expand": frozenset({"kernel", "expand"}),
+    "elastic": frozenset({"kernel", "expand", "depth", "width"}),
+}
+
+
+def phase_schedule(cfg: SupernetConfig) -> list[str]:
+    """The phase of every epoch: ``cfg.phase_fractions`` of ``cfg.epochs`` each, in order; all "elastic" if not
+    progressive. Boundaries are rounded cumulative fractions, so the schedule is a pure function of the config and a
+    resumed run re-enters the phase it was killed in."""
+    if not cfg.progressive:
+        return ["elastic"] * cfg.epochs
+    total = sum(cfg.phase_fractions)
+    last = max(i for i, f in enumerate(cfg.phase_fractions) if f > 0)
+    out: list[str] = []
+    cum = 0.0
+    for i, (name, f) in enumerate(zip(PHASES, cfg.phase_fractions)):
+        cum += f
+        # the last phase in use always gets an epoch: the supernet must end trained on what the search samples
+        end = cfg.epochs if i >= last else min(cfg.epochs - 1, int(round(cfg.epochs * cum / total)))
+        out += [name] * max(0, end - len(out))
+    return out
+
+
+def restrict(subnet: Subnet, reference: Subnet, open_dims: frozenset[str] | set[str]) -> Subnet:
+    """``subnet`` with every dimension not in ``open_dims`` (``kernel``, ``expand``, ``depth``, ``width``) set to
+    ``reference``'s (the largest subnet); the resolution is kept. Used to sample within a progressive-shrinking phase.
+    """
+    unknown = set(open_dims) - {"kernel", "expand", "depth", "width"}
+    if unknown:
+        raise ValueError(f"open_dims holds unknown dimensions {sorted(unknown)}")
+
+    def block(b: BlockChoice, r: BlockChoice) -> BlockChoice:
+        src = b if "kernel" in open_dims else r
+        if src.mqa:
+            return BlockChoice(mqa=True)
+        e = b.expand_ratio if "expand" in open_dims and not b.mqa else r.expand_ratio
+        return BlockChoice(expand_ratio=e, start_dw_kernel=src.start_dw_kernel, mid_dw_kernel=src.mid_dw_kernel)
+
+    def stage(c: StageChoice, r: StageChoice, fused: bool) -> StageChoice:
+        blocks = tuple(BlockChoice(expand_ratio=(b if "expand" in open_dims else rb).expand_ratio) if fused
+                       else block(b, rb) for b, rb in zip(c.blocks, r.blocks))
+        return StageChoice(width=c.width if "width" in open_dims else r.width,
+                           depth=c.depth if "depth" in open_dims else r.depth, blocks=blocks)
+
+    return Subnet(resolution=subnet.resolution, fused=stage(subnet.fused, reference.fused, True),
+                  stages=tuple(stage(c, r, False) for c, r in zip(subnet.stages, reference.stages)),
+                  last_chs=subnet.last_chs if "width" in open_dims else reference.last_chs)
 
 
 def _stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -183,7 +261,13 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
         if state["space_hash"] != space.hash:
             raise ValueError(f"the run in {str(out)!r} trained a supernet for another search space "
                              f"(hash {state['space_hash']}, now {space.hash})")
-        cfg = dataclasses.replace(SupernetConfig(**{k: v for k, v in state["config"].items()
+        saved = dict(state["config"])
+        # a run saved before progressive shrinking existed trained the plain sandwich: resume it as such
+        saved.setdefault("progressive", False)
+        saved.setdefault("resolution_per_step", False)
+        saved.setdefault("phase_lr_restart", False)
+        saved.setdefault("zero_init_residual", False)
+        cfg = dataclasses.replace(SupernetConfig(**{k: v for k, v in saved.items()
                                                     if k in {f.name for f in dataclasses.fields(SupernetConfig)}}),
                                   out=cfg.out, progress=cfg.progress, device=cfg.device)
     elif not resume and state_path.is_file():
@@ -193,7 +277,8 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
     data = data or SearchData(cfg, space)
     num_classes = len(data.classes)
     _seed_everything(cfg.seed)
-    net = Supernet(space, num_classes=num_classes, kernel_transform=cfg.kernel_transform).to(device)
+    net = Supernet(space, num_classes=num_classes, kernel_transform=cfg.kernel_transform,
+                   zero_init_residual=cfg.zero_init_residual).to(device)
     teacher = _build_teacher(cfg, num_classes)
     if teacher is not None:
         teacher.to(device)
@@ -206,8 +291,18 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
     drop_last = n_train > cfg.batch_size
     steps_per_epoch = n_train // cfg.batch_size if drop_last else math.ceil(n_train / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total, int(round(tcfg.warmup_epochs * steps_per_epoch)), tcfg.min_lr_ratio))
+    warm = int(round(tcfg.warmup_epochs * steps_per_epoch))
+    lr_factor = warmup_cosine(total, warm, tcfg.min_lr_ratio)
+    phases = phase_schedule(cfg)
+    if cfg.progressive and cfg.phase_lr_restart:
+        spans = [(phases.index(p) * steps_per_epoch, phases.count(p) * steps_per_epoch) for p in PHASES if p in phases]
+        per_phase = [(start, warmup_cosine(n, min(warm, n // 4), tcfg.min_lr_ratio)) for start, n in spans]
+
+        def lr_factor(step: int) -> float:  # noqa: F811 -- the per-phase variant
+            start, f = max((sp for sp in per_phase if sp[0] <= step), key=lambda sp: sp[0])
+            return f(step - start)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     history: list[dict[str, Any]] = []
     start_epoch, seconds = 0, 0.0
     if state is not None:
@@ -222,17 +317,24 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
 
     largest, smallest = space.largest(), space.smallest()
     if start_epoch == 0 and cfg.progress:
+        plan = ", ".join(f"{p} {phases.count(p)}" for p in PHASES if p in phases) if cfg.progressive else "off"
         log(f"supernet: space {space.name!r} ({space.num_subnets():.3g} subnets), {n_train} train / "
             f"{data.num_search} search images, {cfg.epochs} epochs, sandwich of 2 + {cfg.num_random} subnets, "
-            f"AdamW lr {tcfg.lr:.3g}")
+            f"progressive shrinking: {plan} epochs, AdamW lr {tcfg.lr:.3g}")
     for epoch in range(start_epoch, cfg.epochs):
+        phase = phases[epoch]
+        open_dims = OPEN_DIMS[phase]
+        if cfg.progress and cfg.progressive and (epoch == start_epoch or phases[epoch - 1] != phase):
+            log(f"supernet phase {phase!r} (epochs {phases.index(phase) + 1}-{len(phases) - phases[::-1].index(phase)}):"
+                f" elastic {', '.join(['resolution', *sorted(open_dims)])}")
         t0 = time.perf_counter()
         _seed_everything(_epoch_seed(cfg.seed, epoch, 0))
         gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 0))
         loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last, generator=gen,
                             num_workers=0, collate_fn=skip_none_collate)
         net.train()
-        loss_sum, n_seen = 0.0, 0
+        loss_sum, n_seen, kd_sum, n_kd = 0.0, 0, 0.0, 0
+        step_lr = optimizer.param_groups[0]["lr"]
         bar = _progress(loader, enabled=cfg.progress, total=steps_per_epoch, desc=f"supernet {epoch + 1}/{cfg.epochs}")
         for step, batch in enumerate(bar):
             if batch is None:
@@ -241,7 +343,10 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
             x, y = x.to(device), y.to(device)
             rng = _step_rng(cfg.seed, epoch, step)
             optimizer.zero_grad(set_to_none=True)
-            logits = net(resize_to(x, largest.resolution), largest)
+            big = largest
+            if cfg.resolution_per_step:
+                big = dataclasses.replace(largest, resolution=rng.choice(space.resolutions))
+            logits = net(resize_to(x, big.resolution), big)
             if teacher is not None:
                 loss = distillation_loss(logits, teacher(x), y, alpha=cfg.kd_alpha, temperature=4.0,
                                          label_smoothing=cfg.label_smoothing)
@@ -250,13 +355,23 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
             loss.backward()
             t = cfg.kd_temperature
             soft = F.log_softmax(logits.detach() / t, dim=-1)
-            for sub in [smallest] + [space.sample(rng) for _ in range(cfg.num_random)]:
+            students: list[Subnet] = []
+            if open_dims:  # the "full" phase trains the largest subnet alone
+                students = [smallest] + [space.sample(rng) for _ in range(cfg.num_random)]
+                if cfg.progressive:
+                    students = [restrict(sub, largest, open_dims) for sub in students]
+                if cfg.resolution_per_step:
+                    students = [dataclasses.replace(sub, resolution=big.resolution) for sub in students]
+            for sub in students:
                 student = net(resize_to(x, sub.resolution), sub)
                 kd = F.kl_div(F.log_softmax(student / t, dim=-1), soft, log_target=True, reduction="batchmean") * t * t
                 kd.backward()
+                kd_sum += kd.item()
+                n_kd += 1
             if not torch.isfinite(loss):
                 raise ValueError(f"supernet loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
             nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            step_lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
             loss_sum += loss.item() * len(y)
@@ -266,7 +381,10 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
         bar.close()
         epoch_s = time.perf_counter() - t0
         seconds += epoch_s
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "seconds": epoch_s}
+        row = {"epoch": epoch + 1, "phase": phase, "train_loss": loss_sum / max(1, n_seen), "seconds": epoch_s,
+               "lr": step_lr}  # the learning rate of the epoch's last step
+        if n_kd:  # mean in-place distillation loss (KL to the largest) of the other subnets
+            row["kd_loss"] = kd_sum / n_kd
         last = epoch + 1 == cfg.epochs
         if last or (epoch + 1) % 4 == 0:  # scoring costs a BN re-estimation per subnet: not every epoch
             row["largest_top1"] = evaluate_subnet(net, data, largest, device=device)["top1"]
@@ -274,6 +392,7 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
         history.append(row)
         if cfg.progress:
             log(f"supernet epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}"
+                + (f" distillation {row['kd_loss']:.4f}" if "kd_loss" in row else "")
                 + (f"  search top-1 largest {row['largest_top1']:.2f}% smallest {row['smallest_top1']:.2f}%"
                    if "largest_top1" in row else "") + f"  {epoch_s:.1f}s")
         atomic_torch_save({
@@ -303,4 +422,5 @@ def load_supernet(out: str | Path, space: SearchSpace, num_classes: int, *, kern
     return net.eval()
 
 
-__all__ = ["SearchData", "SupernetConfig", "evaluate_subnet", "load_supernet", "train_supernet"]
+__all__ = ["PHASES", "SearchData", "SupernetConfig", "evaluate_subnet", "load_supernet", "phase_schedule", "restrict",
+           "train_supernet"]
