@@ -156,3 +156,115 @@ def test_netadapt_target_below_reach_is_one_line_exit_2(tiny_run, tmp_path, caps
                "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "unknown hardware 'tpu9'" in err
+
+
+# ---------------------------------------------------------------------------- NetAdapt: pieces and resume
+def _phone_predictor():
+    from edgezoo.search.latency import latency_predictor
+
+    pred = latency_predictor("phone_cpu", "roofline")
+    return lambda m: float(pred.predict_module_ms(m, SHAPE))
+
+
+def test_propose_all_finds_the_largest_count_meeting_the_budget():
+    """The lock-step binary searches return, per group, exactly what a linear scan over the counts finds."""
+    from edgezoo.search.netadapt import _counts, propose_all
+
+    torch.manual_seed(0)
+    model = edgezoo.create_model("mobilenetv2_035", num_classes=10).eval()
+    predict = _phone_predictor()
+    groups = list(prunable_groups(model, SHAPE).values())[:6]
+    budget = 0.97 * predict(model)
+    rounds = []
+    found = {p.group: p for p in propose_all(model, groups, budget, predict, 8, prefetch=rounds.append)}
+    assert rounds and all(len(r) >= 1 for r in rounds)
+    for g in groups:
+        order = filter_importance(model, g).argsort(descending=True)
+        best = None
+        for k in _counts(g.size, 8):  # largest first: the first that meets the budget
+            m = edgezoo.create_model("mobilenetv2_035", num_classes=10).eval()
+            m.load_state_dict(model.state_dict())
+            shrink_group(m, g, order[:k])
+            if predict(m) <= budget:
+                best = k
+                break
+        if best is None:
+            assert g.name not in found
+        else:
+            assert found[g.name].channels_to == best
+            assert found[g.name].predicted_ms <= budget
+            assert found[g.name].model.get_submodule(g.producers[0]).out_channels == best
+
+
+def test_recalibrate_bn_sets_the_average_batch_statistics():
+    from edgezoo.search.netadapt import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = edgezoo.create_model("mobilenetv2_035", num_classes=10).eval()
+    batches = [(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)) for _ in range(3)]
+    bn = model.stem.bn if hasattr(model.stem, "bn") else next(m for m in model.modules()
+                                                              if isinstance(m, torch.nn.BatchNorm2d))
+    conv = model.stem.conv
+    with torch.no_grad():
+        want = torch.stack([conv(x).mean((0, 2, 3)) for x, _ in batches]).mean(0)
+    momentum = bn.momentum
+    recalibrate_bn(model, batches)
+    torch.testing.assert_close(bn.running_mean, want, rtol=1e-4, atol=1e-5)
+    assert bn.momentum == momentum and not model.training
+
+
+def test_settings_are_checked():
+    from edgezoo.search.netadapt import NetAdaptSettings
+
+    with pytest.raises(ValueError, match="decrement must be a fraction"):
+        NetAdaptSettings(decrement=1.5)
+    with pytest.raises(ValueError, match="candidates must be None or an int"):
+        NetAdaptSettings(candidates=0)
+    with pytest.raises(ValueError, match="kd_alpha"):
+        NetAdaptSettings(kd_alpha=2.0)
+
+
+def test_cli_bad_settings_and_resume_are_one_line_exit_2(tiny_run, tmp_path, capsys):
+    from edgezoo.cli import main
+
+    rc = main(["adapt", "--checkpoint", str(tiny_run), "--target-ms", "1", "--hardware", "phone_cpu",
+               "--out", str(tmp_path / "x"), "--decrement", "1.5"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "decrement must be a fraction" in err
+    rc = main(["adapt", "--checkpoint", str(tiny_run), "--target-ms", "1", "--hardware", "phone_cpu",
+               "--out", str(tmp_path / "none"), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "nothing to resume" in err
+
+
+@pytest.mark.slow  # ~30 s on an idle 2-core machine: three short NetAdapt runs
+def test_netadapt_resume_equals_uninterrupted(tiny_run, tmp_path):
+    """A run stopped after one step and resumed for a second ends with the same model as a two-step run."""
+    from edgezoo.checkpoint import load_state_dict_file
+    from edgezoo.search.netadapt import NetAdaptSettings, netadapt
+
+    def settings(steps):
+        return NetAdaptSettings(finetune_steps=2, bn_batches=1, candidates=2, long_epochs=0, max_steps=steps,
+                                batch_size=8, decrement=0.1, max_groups=3, holdout_fraction=0.05)
+
+    whole = netadapt(str(tiny_run), target_ms=0.01, hardware="phone_cpu", out=str(tmp_path / "a"),
+                     settings=settings(2))
+    first = netadapt(str(tiny_run), target_ms=0.01, hardware="phone_cpu", out=str(tmp_path / "b"),
+                     settings=settings(1))
+    assert first["steps"] == 1 and "max_steps" in first["stopped"]
+    with pytest.raises(ValueError, match="already holds a NetAdapt run"):
+        netadapt(str(tiny_run), target_ms=0.01, hardware="phone_cpu", out=str(tmp_path / "b"), settings=settings(2))
+    with pytest.raises(ValueError, match="started with target_ms"):
+        netadapt(str(tiny_run), target_ms=0.02, hardware="phone_cpu", out=str(tmp_path / "b"),
+                 settings=settings(2), resume=True)
+    resumed = netadapt(str(tiny_run), target_ms=0.01, hardware="phone_cpu", out=str(tmp_path / "b"),
+                       settings=settings(2), resume=True)
+    assert resumed["steps"] == whole["steps"] == 2
+    assert [(h["group"], h["channels_to"]) for h in resumed["history"]] == \
+        [(h["group"], h["channels_to"]) for h in whole["history"]]
+    a = load_state_dict_file(tmp_path / "a" / "best.safetensors")
+    b = load_state_dict_file(tmp_path / "b" / "best.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert resumed["predicted_latency_ms"] == pytest.approx(whole["predicted_latency_ms"])
