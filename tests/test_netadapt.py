@@ -235,6 +235,15 @@ def test_cli_bad_settings_and_resume_are_one_line_exit_2(tiny_run, tmp_path, cap
                "--out", str(tmp_path / "none"), "--resume"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "nothing to resume" in err
+    with pytest.raises(SystemExit) as exc:  # argparse errors exit from inside main
+        main(["adapt", "--checkpoint", str(tiny_run), "--target-ms", "1", "--speedup", "2", "--hardware",
+              "phone_cpu", "--out", str(tmp_path / "y")])
+    rc, err = exc.value.code, capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "not allowed with" in err
+    rc = main(["adapt", "--checkpoint", str(tiny_run), "--speedup", "0.5", "--hardware", "phone_cpu",
+               "--out", str(tmp_path / "y")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "speedup must be > 1" in err
 
 
 @pytest.mark.slow  # ~30 s on an idle 2-core machine: three short NetAdapt runs

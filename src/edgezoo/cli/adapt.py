@@ -53,8 +53,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         max_groups=args.max_groups, minutes=args.minutes, kd_alpha=args.kd_alpha, engine=args.engine,
         threads=args.threads, measure=not args.no_measure, bn_batches=args.bn_batches,
     )
-    report = netadapt(args.checkpoint, target_ms=args.target_ms, hardware=args.hardware, out=args.out,
-                      data=args.data, settings=settings, table=args.table, resume=args.resume,
+    report = netadapt(args.checkpoint, target_ms=args.target_ms, speedup=args.speedup, hardware=args.hardware,
+                      out=args.out, data=args.data, settings=settings, table=args.table, resume=args.resume,
                       log=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
     keys = ("hardware", "target_ms", "predicted_latency_ms", "start_predicted_latency_ms", "speedup_predicted",
             "measured_latency_ms", "start_measured_latency_ms", "speedup_measured", "engine", "target_met", "top1",
@@ -78,7 +78,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("adapt", help="NetAdapt: prune a trained model toward a latency target, with fine-tuning")
     p.add_argument("--checkpoint", required=True, help="run directory or weights written by `edgezoo train`")
-    p.add_argument("--target-ms", type=_positive_float, required=True, help="latency target in milliseconds")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-ms", type=_positive_float, help="latency target in milliseconds")
+    target.add_argument("--speedup", type=_positive_float,
+                        help="target = the starting model's predicted latency on --hardware divided by this")
     p.add_argument("--hardware", default="host", help="a hardware preset or 'host' (measured latency table)")
     p.add_argument("--out", required=True, help="output folder: arch.yaml, best.safetensors, report.json, pareto.png")
     p.add_argument("--data", default="digits", help="the data the checkpoint was trained on")

@@ -511,7 +511,7 @@ def _load_state(out: Path) -> dict[str, Any]:
 def netadapt(
     checkpoint: str,
     *,
-    target_ms: float,
+    target_ms: float | None = None,
     hardware: str = "host",
     out: str,
     data: str = "digits",
@@ -519,8 +519,12 @@ def netadapt(
     table: str | None = None,
     log: Callable[[str], None] | None = None,
     resume: bool = False,
+    speedup: float | None = None,
 ) -> dict[str, Any]:
     """Run NetAdapt on the trained ``checkpoint`` toward ``target_ms`` on ``hardware``; write ``out``.
+
+    Give either ``target_ms`` or ``speedup`` (the target is then the starting model's predicted latency divided
+    by it, e.g. ``speedup=2`` for "twice as fast on this hardware").
 
     Writes ``out/arch.yaml``, ``out/best.safetensors``, ``out/report.json`` and ``out/pareto.png`` (the step log:
     accuracy against predicted latency); returns the report. Raises :class:`NetAdaptError` when ``target_ms`` is
@@ -535,14 +539,20 @@ def netadapt(
     s = settings or NetAdaptSettings()
     say = log or (lambda _m: None)
     check_hardware(hardware)
-    if isinstance(target_ms, bool) or not isinstance(target_ms, (int, float)) or not target_ms > 0:
-        raise ValueError(f"target_ms must be a positive number, got {target_ms!r}")
+    if (target_ms is None) == (speedup is None):
+        raise ValueError(f"give exactly one of target_ms and speedup, got target_ms={target_ms!r}, speedup={speedup!r}")
+    for name, v in (("target_ms", target_ms), ("speedup", speedup)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise ValueError(f"{name} must be a positive number, got {v!r}")
+    if speedup is not None and not speedup > 1:
+        raise ValueError(f"speedup must be > 1 (how many times faster), got {speedup!r}")
+    run_ident = {"checkpoint": str(checkpoint), "target_ms": None if target_ms is None else float(target_ms),
+                 "speedup": None if speedup is None else float(speedup), "hardware": hardware, "data": data}
     out_dir = Path(out)
     state: dict[str, Any] | None = None
     if resume:
         state = _load_state(out_dir)
-        ident = {"checkpoint": str(checkpoint), "target_ms": float(target_ms), "hardware": hardware, "data": data}
-        for k, v in ident.items():
+        for k, v in run_ident.items():
             if state["run"].get(k) != v:
                 raise ValueError(f"cannot resume {str(out)!r}: it was started with {k}={state['run'].get(k)!r}, "
                                  f"not {v!r}")
@@ -588,6 +598,8 @@ def netadapt(
         raise NetAdaptError(f"{meta['model']} has no prunable channel groups")
     base_sizes = {name: g.size for name, g in base_groups.items()}
     start_ms = predict(base_model)
+    if speedup is not None:
+        target_ms = start_ms / speedup
     smallest = prune_channels(copy.deepcopy(base_model),
                               {n: (_counts(g.size, s.round_to) or [g.size])[-1] for n, g in base_groups.items()},
                               shape)
@@ -616,8 +628,6 @@ def netadapt(
         history, decrement, step, spent = state["history"], state["decrement"], state["step"], state["seconds"]
         current_ms = predict(model)
         say(f"resumed after step {step}: predicted {current_ms:.3f} ms, holdout {history[-1]['holdout_top1']:.2f}%")
-    run_ident = {"checkpoint": str(checkpoint), "target_ms": float(target_ms), "hardware": hardware, "data": data}
-
     def save(stopped: str | None) -> None:
         _save_state(out_dir, model, {
             "format": "edgezoo-netadapt-state/1", "run": run_ident, "settings": asdict(s), "engine": engine,
