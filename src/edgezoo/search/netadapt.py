@@ -340,8 +340,11 @@ class _Search:
         self.failed = not self.counts
 
     def build(self, k: int) -> nn.Module:
+        """The model with ``k`` channels in the group, sharing every tensor it does not change with the parent
+        (``shrink_group`` replaces tensors, never edits them): cheap to price; :func:`_own` it before training."""
         if k not in self.models:
-            m = copy.deepcopy(self.model)
+            memo: dict[int, Any] = {id(t): t for t in (*self.model.parameters(), *self.model.buffers())}
+            m = copy.deepcopy(self.model, memo)
             shrink_group(m, self.group, self.order[:k])
             self.models[k] = m
         return self.models[k]
@@ -377,18 +380,67 @@ class _Search:
         return Proposal(self.group.name, self.group.size, k, self.ms[k], lost, self.build(k))
 
 
-def _prefetch(predictor: Any, models: Sequence[nn.Module], shape: tuple[int, ...]) -> None:
-    """Price the blocks of all ``models`` in one call, so a measured table times its missing blocks as one batch
-    (one round of interleaved timing) instead of one small batch per model."""
-    if len(models) < 2:
-        return
-    units: list[Any] = []
-    for m in models:
+def _own(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with tensors of its own (proposals share unchanged tensors with their parent)."""
+    return copy.deepcopy(model)
+
+
+def _in_channels(module: nn.Module) -> int | None:
+    """Channels of the tensor ``module`` reads: those of its first conv / linear / norm (``None``: none)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+        if isinstance(m, nn.Linear):
+            return int(m.in_features)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return int(m.num_features)
+    return None
+
+
+class _Pricer:
+    """Predicted latency of the models NetAdapt proposes, priced block by block.
+
+    :func:`edgezoo.search.latency.module_units` finds a model's blocks with a shape pass on the meta device, which
+    costs ~0.2 s for a MobileNetV2 (Python-level decompositions), and a real forward costs as much (every new
+    channel count makes oneDNN build new kernels); a step's binary searches would call it hundreds of times.
+    Channel pruning never changes *which* blocks run or their spatial sizes, only the channels, and a block's
+    input channels are those of its first conv / linear / norm. So the blocks are found once on the starting
+    model, the rule is checked there against the shape pass, and each proposal's blocks are rebuilt from it: the
+    same blocks and keys, so the same prediction as ``predict_module_ms`` (where the rule does not hold, that is
+    what is used)."""
+
+    def __init__(self, predictor: Any, shape: tuple[int, ...], model: nn.Module) -> None:
+        self.predictor, self.shape = predictor, shape
+        self.units_at: list[tuple[str, tuple[int, ...]]] | None = None
         try:
-            units.extend(module_units(m, shape))
+            units = module_units(model, shape)
         except ValueError:
-            return  # priced whole, one by one
-    predictor.predict_items_ms(units)
+            return  # priced whole, by the predictor itself
+        self.units_at = [(u.name, u.input_shape) for u in units]
+        if [u.input_shape for u in self.units(model)] != [u.input_shape for u in units]:
+            self.units_at = None
+
+    def units(self, model: nn.Module) -> list[Any]:
+        from .latency import ModuleItem
+
+        out = []
+        for name, at in self.units_at or []:
+            mod = model.get_submodule(name)
+            c = _in_channels(mod)
+            out.append(ModuleItem(name, mod, at if c is None else (at[0], c, *at[2:])))
+        return out
+
+    def __call__(self, model: nn.Module) -> float:
+        if self.units_at is None:
+            return float(self.predictor.predict_module_ms(model, self.shape))
+        return float(self.predictor.predict_items_ms(self.units(model)))
+
+    def prefetch(self, models: Sequence[nn.Module]) -> None:
+        """Price the blocks of all ``models`` in one call, so a measured table times its missing blocks as one
+        batch (one round of interleaved timing) instead of one small batch per model."""
+        if len(models) < 2 or self.units_at is None:
+            return
+        self.predictor.predict_items_ms([u for m in models for u in self.units(m)])
 
 
 def propose_all(model: nn.Module, groups: Sequence[ChannelGroup], budget_ms: float,
@@ -587,12 +639,7 @@ def netadapt(
     else:
         predictor = latency_predictor(hardware, source, table, build_items=[])
 
-    def predict(m: nn.Module) -> float:
-        return float(predictor.predict_module_ms(m, shape))
-
-    def prefetch(models: Sequence[nn.Module]) -> None:
-        _prefetch(predictor, models, shape)
-
+    predict = _Pricer(predictor, shape, base_model)
     base_groups = prunable_groups(base_model, shape)
     if not base_groups:
         raise NetAdaptError(f"{meta['model']} has no prunable channel groups")
@@ -653,7 +700,7 @@ def netadapt(
         new_decrement = decrement
         for _ in range(4):  # no single layer reaches the budget: halve this step's decrement and try again
             budget = max(target_ms, current_ms - new_decrement)
-            proposals = propose_all(model, list(groups.values()), budget, predict, s.round_to, prefetch)
+            proposals = propose_all(model, list(groups.values()), budget, predict, s.round_to, predict.prefetch)
             if proposals:
                 break
             new_decrement /= 2
@@ -665,6 +712,7 @@ def netadapt(
         batches = _batches(ds.train, max(s.finetune_steps, s.bn_batches), s.batch_size, s.seed + 104729 * (step + 1))
         tried = []
         for i, p in enumerate(chosen):
+            p.model = _own(p.model)
             torch.manual_seed(s.seed + 1000 * (step + 1) + i)
             finetune_on(p.model, batches[:s.finetune_steps], s)
             recalibrate_bn(p.model, batches[:s.bn_batches])
