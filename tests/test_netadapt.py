@@ -277,3 +277,19 @@ def test_netadapt_resume_equals_uninterrupted(tiny_run, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert resumed["predicted_latency_ms"] == pytest.approx(whole["predicted_latency_ms"])
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_035", "mobilenetv3_small_050"])
+def test_pricer_equals_predict_module_ms_on_pruned_models(name):
+    """NetAdapt rebuilds a proposal's blocks from the starting model's; the prediction must not change by it."""
+    from edgezoo.search.latency import latency_predictor
+    from edgezoo.search.netadapt import _Pricer
+
+    model = edgezoo.create_model(name, num_classes=10).eval()
+    pred = latency_predictor("phone_cpu", "roofline")
+    pricer = _Pricer(pred, SHAPE, model)
+    assert pricer.units_at is not None
+    pruned = prune_channels(edgezoo.create_model(name, num_classes=10).eval(), _halve(model), SHAPE)
+    for m in (model, pruned):
+        assert pricer(m) == pytest.approx(pred.predict_module_ms(m, SHAPE), rel=1e-12)
+    assert pricer(pruned) < pricer(model)
