@@ -820,6 +820,7 @@ def plot_history(report: dict[str, Any], path: Path) -> None:
     ax.scatter([report["predicted_latency_ms"]], [report["top1"]], marker="*", s=180, color="C3", zorder=3,
                label=f"result after long fine-tune: val top-1 {report['top1']:.2f}% ({report['top1_change']:+.2f} pt)")
     ax.axvline(report["target_ms"], color="gray", ls="--", lw=1, label=f"target {report['target_ms']:.3f} ms")
+    ax.axhline(report["base_top1"] - 0.5, color="C2", ls=":", lw=1, label="starting val top-1 − 0.5 pt")
     src = report["latency_source"] + (f", {report['engine']}, {report['threads']} threads" if report.get("engine")
                                       else "")
     ax.set_xlabel(f"predicted latency on {report['hardware']} ({src}), ms")
@@ -832,7 +833,7 @@ def plot_history(report: dict[str, Any], path: Path) -> None:
     ax.set_title(title, fontsize=9)
     ax.invert_xaxis()  # time runs left to right: the model gets faster
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
