@@ -52,6 +52,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, decrement=args.decrement, source=args.source, seed=args.seed,
         max_groups=args.max_groups, minutes=args.minutes, kd_alpha=args.kd_alpha, engine=args.engine,
         threads=args.threads, measure=not args.no_measure, bn_batches=args.bn_batches,
+        decrement_decay=args.decrement_decay, min_proposals=args.min_proposals, lr=args.lr,
     )
     report = netadapt(args.checkpoint, target_ms=args.target_ms, speedup=args.speedup, hardware=args.hardware,
                       out=args.out, data=args.data, settings=settings, table=args.table, resume=args.resume,
@@ -101,7 +102,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-groups", type=_positive_int, default=None,
                    help="layers probed per step, a seeded sample (default: all, as in the paper)")
     p.add_argument("--decrement", type=_positive_float, default=0.08,
-                   help="first step's latency decrement, fraction of the starting latency (decays 0.96 per step)")
+                   help="first step's latency decrement, fraction of the starting latency")
+    p.add_argument("--decrement-decay", type=_positive_float, default=0.96,
+                   help="the decrement is multiplied by this after every step")
+    p.add_argument("--min-proposals", type=_positive_int, default=4,
+                   help="halve a step's decrement while fewer layers than this can meet its budget alone")
+    p.add_argument("--lr", type=_positive_float, default=0.01, help="SGD learning rate of the fine-tunes")
     p.add_argument("--minutes", type=_positive_float, default=None,
                    help="stop proposing after this many minutes in all, then fine-tune and write the result")
     p.add_argument("--engine", default="auto",

@@ -77,6 +77,7 @@ class NetAdaptSettings:
     round_to: int = 8  # channel counts move in multiples of this (smaller groups by 1)
     candidates: int | None = None  # proposals per step that get the short fine-tune (fewest norm lost); None: all
     max_groups: int | None = None  # layers probed per step (a seeded sample); None: all, as in the paper
+    min_proposals: int = 4  # fewer layers than this can meet a step's budget alone: halve that step's decrement
     finetune_steps: int = 8  # short-term fine-tune: SGD steps per proposal (the same batches for every proposal)
     bn_batches: int = 4  # batches to re-estimate BatchNorm statistics on before a holdout evaluation
     long_epochs: int = 4  # long-term fine-tune of the result, epochs over the training split
@@ -102,7 +103,7 @@ class NetAdaptSettings:
             raise bad("decrement", "a fraction in (0, 1)")
         if not 0 < self.decrement_decay <= 1:
             raise bad("decrement_decay", "in (0, 1]")
-        for name in ("round_to", "batch_size", "max_steps"):
+        for name in ("round_to", "batch_size", "max_steps", "min_proposals"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise bad(name, "an int >= 1")
@@ -698,10 +699,13 @@ def netadapt(
             groups = {n: groups[n] for n in names}
         proposals: list[Proposal] = []
         new_decrement = decrement
-        for _ in range(4):  # no single layer reaches the budget: halve this step's decrement and try again
+        for attempt in range(5):
             budget = max(target_ms, current_ms - new_decrement)
             proposals = propose_all(model, list(groups.values()), budget, predict, s.round_to, predict.prefetch)
-            if proposals:
+            # Too few layers reach the budget alone (a large decrement late in the run, when the remaining layers
+            # are cheap): the choice would be forced onto a drastic cut, so halve this step's decrement (it stays
+            # halved for the steps after). Not in the paper, whose decrements are small enough not to need it.
+            if len(proposals) >= min(s.min_proposals, len(groups)) or attempt == 4:
                 break
             new_decrement /= 2
         if not proposals:
