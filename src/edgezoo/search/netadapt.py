@@ -683,12 +683,12 @@ def netadapt(
             "channels": _channels(model, base_sizes, shape)})
 
     stopped = None
-    t_phase = time.time()
+    t_phase, spent_before = time.time(), spent  # search seconds of earlier sessions of this run, then this one's
     while current_ms > target_ms:
         if step >= s.max_steps:
             stopped = f"max_steps={s.max_steps} reached"
             break
-        if s.minutes is not None and spent + time.time() - t_phase > 60 * s.minutes:
+        if s.minutes is not None and spent_before + time.time() - t_phase > 60 * s.minutes:
             stopped = f"time budget of {s.minutes:g} min used"
             break
         t0 = time.time()
@@ -728,7 +728,7 @@ def netadapt(
         current_ms = predict(model)
         step += 1
         decrement = new_decrement * s.decrement_decay
-        spent += time.time() - t0
+        spent = spent_before + time.time() - t_phase
         history.append(dict(step=step, group=best.group, channels_from=best.channels_from,
                             channels_to=best.channels_to, predicted_ms=current_ms, holdout_top1=acc,
                             holdout_loss=-neg_loss, proposals=len(proposals), finetuned=len(tried),
