@@ -53,6 +53,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         max_groups=args.max_groups, minutes=args.minutes, kd_alpha=args.kd_alpha, engine=args.engine,
         threads=args.threads, measure=not args.no_measure, bn_batches=args.bn_batches,
         decrement_decay=args.decrement_decay, min_proposals=args.min_proposals, lr=args.lr,
+        retarget=args.retarget,
     )
     report = netadapt(args.checkpoint, target_ms=args.target_ms, speedup=args.speedup, hardware=args.hardware,
                       out=args.out, data=args.data, settings=settings, table=args.table, resume=args.resume,
@@ -115,6 +116,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, help="host: threads to measure with")
     p.add_argument("--no-measure", action="store_true",
                    help="host: skip timing the starting and final model side by side at the end")
+    p.add_argument("--retarget", type=int, default=0,
+                   help="host: when the predicted target is met but the measured speed-up is short, lower the "
+                        "predicted target by the shortfall and go on, at most this many times")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last finished step (a larger --max-steps or "
                         "--minutes prunes a finished run further)")
