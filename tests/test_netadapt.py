@@ -293,3 +293,33 @@ def test_pricer_equals_predict_module_ms_on_pruned_models(name):
     for m in (model, pruned):
         assert pricer(m) == pytest.approx(pred.predict_module_ms(m, SHAPE), rel=1e-12)
     assert pricer(pruned) < pricer(model)
+
+
+@pytest.mark.slow  # ~15 s: a short NetAdapt run with a stand-in host engine
+def test_netadapt_retarget_prunes_on_when_the_measured_speedup_is_short(tiny_run, tmp_path, monkeypatch):
+    """--retarget: the predicted target is met but the (stand-in) measurement says the model is slower than
+    predicted, so the goal is lowered by the shortfall and pruning goes on until the measured speed-up is met."""
+    from edgezoo.search import netadapt as na
+    from edgezoo.search.latency import latency_predictor
+
+    roofline = latency_predictor("phone_cpu", "roofline")
+    monkeypatch.setattr(na, "latency_predictor", lambda *a, **k: roofline)
+
+    def fake_measure(base, final, shape, **kw):  # the pruned model measures 20 % slower than predicted
+        b = roofline.predict_module_ms(base, shape)
+        f = roofline.predict_module_ms(final, shape)
+        return {"base": b, "final": f if f == b else 1.2 * f}
+
+    monkeypatch.setattr(na, "measure_pair", fake_measure)
+    settings = na.NetAdaptSettings(finetune_steps=1, bn_batches=1, candidates=1, long_epochs=0, max_steps=30,
+                                   batch_size=8, decrement=0.1, max_groups=3, holdout_fraction=0.05,
+                                   engine="onnxruntime", retarget=2, measure=False)
+    report = na.netadapt(str(tiny_run), speedup=1.15, hardware="host", out=str(tmp_path / "r"), settings=settings)
+    assert report["retargets"], "the measured shortfall must lower the goal"
+    first = report["retargets"][0]
+    assert first["measured_ms"] > first["predicted_ms"] and first["new_goal_ms"] < report["target_ms"]
+    assert report["goal_ms"] < report["target_ms"]
+    lat = [h["predicted_ms"] for h in report["history"]]
+    assert all(b < a for a, b in zip(lat, lat[1:]))
+    assert report["predicted_latency_ms"] <= report["goal_ms"] + 1e-9
+    assert report["steps"] > first["step"]  # it went on pruning after the re-target
