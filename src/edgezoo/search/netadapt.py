@@ -666,7 +666,7 @@ def netadapt(
     base_holdout = accuracy(base_model, ds.holdout)
     base_top1 = accuracy(base_model, ds.val)
     if state is None:
-        model = base_model
+        model = _own(base_model)  # the starting model stays as it is: the teacher and the measured reference
         history: list[dict[str, Any]] = [dict(step=0, group=None, channels_from=None, channels_to=None,
                                               predicted_ms=start_ms, holdout_top1=base_holdout, seconds=0.0)]
         current_ms, decrement, step, spent = start_ms, s.decrement * start_ms, 0, 0.0
@@ -681,6 +681,7 @@ def netadapt(
         goal_ms, retargets = state.get("goal_ms", target_ms), state.get("retargets", [])
         current_ms = predict(model)
         say(f"resumed after step {step}: predicted {current_ms:.3f} ms, holdout {history[-1]['holdout_top1']:.2f}%")
+
     def save(stopped: str | None) -> None:
         _save_state(out_dir, model, {
             "format": "edgezoo-netadapt-state/1", "run": run_ident, "settings": asdict(s), "engine": engine,
