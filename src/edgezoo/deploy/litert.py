@@ -1,7 +1,8 @@
 """LiteRT (``.tflite``) export through ``litert-torch``, run and checked by the LiteRT interpreter (XNNPACK).
 
-The converter gets the mobile form's graph (:mod:`edgezoo.deploy.mobile`), so what reaches the flatbuffer is the
-same op set XNNPACK takes in ExecuTorch. The interpreter applies its default XNNPACK delegate; which nodes it
+The converter gets the mobile form's graph (:mod:`edgezoo.deploy.mobile`) in its LiteRT variant
+(:func:`~edgezoo.deploy.mobile.litert_form`: Mobile MQA's heads as the matmul batch, so no matmul becomes a
+``FULLY_CONNECTED`` on activations), so every family reaches XNNPACK in one partition. The interpreter applies its default XNNPACK delegate; which nodes it
 claimed is read back from the interpreter (every ``DELEGATE`` node replaces the original nodes between its inputs
 and outputs), giving the partition count and the op kinds left to LiteRT's own kernels.
 
@@ -10,11 +11,13 @@ The input description (:class:`~edgezoo.deploy.mobile.InputSpec`) is stored as a
 ``edgezoo`` holding UTF-8 JSON (read it with :func:`read_metadata`).
 
 int8: static PT2E quantization with litert-torch's quantizer (symmetric, per-channel weights), calibrated on
-real images. The converter makes the whole graph int8, input and output included: the metadata's
+real images; h-swish/h-sigmoid are written as int8 ``mul``/``add``/``relu6`` first
+(:func:`~edgezoo.deploy.mobile.int8_activations`), since XNNPACK's delegate has no int8 ``HARD_SWISH``. The converter makes the whole graph int8, input and output included: the metadata's
 ``input_dtype`` gives the input's scale and zero point, and :func:`runner` quantizes/dequantizes with them.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 
@@ -23,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .export import _quiet
-from .mobile import METADATA_KEY, mobile_program, without_weight_slicing
+from .mobile import METADATA_KEY, int8_activations, litert_form, mobile_program, without_weight_slicing
 
 
 @dataclass
@@ -76,7 +79,9 @@ def _quantized(model: nn.Module, example: Tensor, calibration: Tensor):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    graph = mobile_program(without_weight_slicing(model), example).module()
+    model = litert_form(copy.deepcopy(model))
+    int8_activations(without_weight_slicing(model))
+    graph = mobile_program(model, example).module()
     prepared = prepare_pt2e(graph, quantizer)
     for img in calibration.split(1):
         prepared(img)
@@ -172,7 +177,8 @@ def convert(
             graph, quant_config = _quantized(model, example, calibration)
             converted = litert_torch.convert(graph, (example,), quant_config=quant_config)
         else:
-            converted = litert_torch.convert(_inference(mobile_program(model, example).module()), (example,))
+            form = litert_form(copy.deepcopy(model))
+            converted = litert_torch.convert(_inference(mobile_program(form, example).module()), (example,))
     return _artifact(_model_bytes(converted), metadata)
 
 
