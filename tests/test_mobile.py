@@ -410,11 +410,25 @@ def test_bench_lists_mobile_backends():
     assert not {"litert", "executorch"} & set(AUTO_CANDIDATES)  # minutes to convert: measured only when asked
 
 
-def test_vit_int8_executorch_is_refused_with_a_reason(tmp_path, capsys):
-    code, err = _cli(capsys, "export", "vit_tiny_patch16_224", "--img-size", "32", "--format", "executorch", "--int8",
-                     "--calib", "digits", "--out", str(tmp_path / "v.pte"))
-    if _skip_reason("executorch"):
-        assert code == 2 and "executorch" in err
-    else:
-        assert code == 2 and len(err.splitlines()) == 1 and "ViT is refused" in err, err
-    assert not list(tmp_path.iterdir())
+@needs("executorch")
+def test_vit_int8_executorch_quantizes_weighted_layers_only(tmp_path):
+    """XNNPACK's quantizer made every add/mul int8 too (LayerNorm steps, residual stream): ViT's outputs were
+    0.24-0.8 of the output scale away from fp32 and its int8 export was refused. With only conv/linear int8 the
+    error is a few percent and LayerNorm stays float."""
+    import copy
+
+    from edgezoo.deploy import executorch
+
+    model = _model("vit_tiny_patch16_224", 32)
+    calib = _calib(32)
+    q = executorch._quantize(copy.deepcopy(mobile_form(model, calib[:1])), calib[:1], calib)
+    # LayerNorm's own steps (centring, variance mean, rsqrt) stay float; they were int8 with one scale each
+    sources = {str(n.args[0].target).removeprefix("aten.") for n in q.graph.nodes if n.op == "call_function"
+               and str(n.target).startswith("quantized_decomposed.quantize_per_tensor")
+               and isinstance(n.args[0], torch.fx.Node)}
+    assert "linear.default" in sources
+    assert not sources & {"mean.dim", "rsqrt.default", "sub.Tensor"}, sorted(sources)
+    out = tmp_path / "v.pte"
+    res = export_model(model, out, format="executorch", example_input=calib[:1], int8=True, calibration=calib)
+    assert res.details["partitions"] == 1 and res.details["outside"] == {}, res.details
+    assert 0 < res.rel_diff < 0.1, res.rel_diff
