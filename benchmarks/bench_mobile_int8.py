@@ -108,8 +108,11 @@ def main(argv=None) -> int:
         p.error("give at least one run directory")
     torch.set_num_threads(args.threads)
     print(f"# {device_description()}", file=sys.stderr)
+    done = set()
+    if args.out and Path(args.out).exists():  # resume: runs already measured are skipped
+        done = {json.loads(line)["run"] for line in Path(args.out).read_text().splitlines() if line.strip()}
     with tempfile.TemporaryDirectory(prefix="edgezoo-bench-mobile-int8-") as tmp:
-        for run in args.runs:
+        for run in [r for r in args.runs if str(r) not in done]:
             try:
                 row = measure(run, runtimes=[r for r in args.runtimes.split(",") if r], threads=args.threads,
                               calib_count=args.calib_images, repeats=args.repeats, block=args.block,
