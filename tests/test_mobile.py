@@ -443,6 +443,9 @@ def test_vit_int8_executorch_quantizes_weighted_layers_only(tmp_path):
                and isinstance(n.args[0], torch.fx.Node)}
     assert "linear.default" in sources
     assert not sources & {"mean.dim", "rsqrt.default", "sub.Tensor"}, sorted(sources)
+    # ...while every conv/linear weight is int8 (the patch embedding's conv was left float once)
+    weights = sum(1 for n in q.graph.nodes if "dequantize_per_channel" in str(n.target))
+    assert weights == sum(1 for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), weights
     out = tmp_path / "v.pte"
     res = export_model(model, out, format="executorch", example_input=calib[:1], int8=True, calibration=calib)
     assert res.details["partitions"] == 1 and res.details["outside"] == {}, res.details

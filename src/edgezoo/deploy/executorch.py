@@ -46,7 +46,9 @@ def has_token_norm(model: nn.Module) -> bool:
 
 
 def _weighted_op(node: torch.fx.Node) -> bool:
-    return node.target in (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default)
+    # The quantizer asks about every node of a pattern, weights and biases (placeholders, attributes) included:
+    # refusing those left every conv of EdgeNeXt/MobileViT float (EdgeNeXt's int8 .pte was fp32-sized).
+    return node.op != "call_function" or node.target in (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default)
 
 
 def _quantize(model: nn.Module, example: Tensor, calibration: Tensor) -> nn.Module:
