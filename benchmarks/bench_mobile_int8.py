@@ -64,7 +64,8 @@ def measure(run: str, *, runtimes: list[str], threads: int, calib_count: int, re
         if fmt == "tflite":  # the model's own input type, as an app feeds it (no NumPy quantize in the timing)
             from edgezoo.deploy.litert import invoker
 
-            calls = {"fp32": invoker(fp32.path.read_bytes(), x, threads), "int8": invoker(q.path.read_bytes(), x, threads)}
+            calls = {"fp32": invoker(fp32.path.read_bytes(), x, threads),
+                     "int8": invoker(q.path.read_bytes(), x, threads)}
         else:
             calls = {"fp32": lambda: run32(x), "int8": lambda: run8(x)}
         t = time_interleaved(calls, warmup=5, repeats=repeats, block=block)

@@ -1,6 +1,7 @@
 """Core ML: does every registered model convert? (issue 13's acceptance: "Core ML converts every registered model")
 
-    OMP_NUM_THREADS=2 python benchmarks/coreml_every_model.py --img-size 64 --out benchmarks/results/coreml_every_model.json
+    OMP_NUM_THREADS=2 python benchmarks/coreml_every_model.py --img-size 64 \\
+        --out benchmarks/results/coreml_every_model.json
     python benchmarks/coreml_every_model.py --table benchmarks/results/coreml_every_model.json
 
 For each name in ``edgezoo.list_models()`` (random weights: conversion does not depend on their values) the full

@@ -2,9 +2,10 @@
 
 The converter gets the mobile form's graph (:mod:`edgezoo.deploy.mobile`) in its LiteRT variant
 (:func:`~edgezoo.deploy.mobile.litert_form`: Mobile MQA's heads as the matmul batch, so no matmul becomes a
-``FULLY_CONNECTED`` on activations), so every family reaches XNNPACK in one partition. The interpreter applies its default XNNPACK delegate; which nodes it
-claimed is read back from the interpreter (every ``DELEGATE`` node replaces the original nodes between its inputs
-and outputs), giving the partition count and the op kinds left to LiteRT's own kernels.
+``FULLY_CONNECTED`` on activations), so every family reaches XNNPACK in one partition. The interpreter applies
+its default XNNPACK delegate; which nodes it claimed is read back from the interpreter (every ``DELEGATE`` node
+replaces the original nodes between its inputs and outputs), giving the partition count and the op kinds left to
+LiteRT's own kernels.
 
 Input layout stays NCHW, as in PyTorch (the converter inserts the transposes XNNPACK needs inside the delegate).
 The input description (:class:`~edgezoo.deploy.mobile.InputSpec`) is stored as a TFLite ``metadata`` entry named
@@ -12,8 +13,9 @@ The input description (:class:`~edgezoo.deploy.mobile.InputSpec`) is stored as a
 
 int8: static PT2E quantization with litert-torch's quantizer (symmetric, per-channel weights), calibrated on
 real images; h-swish/h-sigmoid are written as int8 ``mul``/``add``/``relu6`` first
-(:func:`~edgezoo.deploy.mobile.int8_activations`), since XNNPACK's delegate has no int8 ``HARD_SWISH``. The converter makes the whole graph int8, input and output included: the metadata's
-``input_dtype`` gives the input's scale and zero point, and :func:`runner` quantizes/dequantizes with them.
+(:func:`~edgezoo.deploy.mobile.int8_activations`), since XNNPACK's delegate has no int8 ``HARD_SWISH``. The
+converter makes the whole graph int8, input and output included: the metadata's ``input_dtype`` gives the
+input's scale and zero point, and :func:`runner` quantizes/dequantizes with them.
 """
 from __future__ import annotations
 
