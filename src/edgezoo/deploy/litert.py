@@ -1,20 +1,25 @@
 """LiteRT (``.tflite``) export through ``litert-torch``, run and checked by the LiteRT interpreter (XNNPACK).
 
-The converter gets the mobile form's graph (:mod:`edgezoo.deploy.mobile`), so what reaches the flatbuffer is the
-same op set XNNPACK takes in ExecuTorch. The interpreter applies its default XNNPACK delegate; which nodes it
-claimed is read back from the interpreter (every ``DELEGATE`` node replaces the original nodes between its inputs
-and outputs), giving the partition count and the op kinds left to LiteRT's own kernels.
+The converter gets the mobile form's graph (:mod:`edgezoo.deploy.mobile`) in its LiteRT variant
+(:func:`~edgezoo.deploy.mobile.litert_form`: Mobile MQA's heads as the matmul batch, so no matmul becomes a
+``FULLY_CONNECTED`` on activations), so every family reaches XNNPACK in one partition. The interpreter applies
+its default XNNPACK delegate; which nodes it claimed is read back from the interpreter (every ``DELEGATE`` node
+replaces the original nodes between its inputs and outputs), giving the partition count and the op kinds left to
+LiteRT's own kernels.
 
 Input layout stays NCHW, as in PyTorch (the converter inserts the transposes XNNPACK needs inside the delegate).
 The input description (:class:`~edgezoo.deploy.mobile.InputSpec`) is stored as a TFLite ``metadata`` entry named
 ``edgezoo`` holding UTF-8 JSON (read it with :func:`read_metadata`).
 
 int8: static PT2E quantization with litert-torch's quantizer (symmetric, per-channel weights), calibrated on
-real images. The converter makes the whole graph int8, input and output included: the metadata's
-``input_dtype`` gives the input's scale and zero point, and :func:`runner` quantizes/dequantizes with them.
+real images; h-swish/h-sigmoid are written as int8 ``mul``/``add``/``relu6`` first
+(:func:`~edgezoo.deploy.mobile.int8_activations`), since XNNPACK's delegate has no int8 ``HARD_SWISH``. The
+converter makes the whole graph int8, input and output included: the metadata's ``input_dtype`` gives the
+input's scale and zero point, and :func:`runner` quantizes/dequantizes with them.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 
@@ -23,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .export import _quiet
-from .mobile import METADATA_KEY, mobile_program, without_weight_slicing
+from .mobile import METADATA_KEY, int8_activations, litert_form, mobile_program, without_weight_slicing
 
 
 @dataclass
@@ -76,7 +81,9 @@ def _quantized(model: nn.Module, example: Tensor, calibration: Tensor):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    graph = mobile_program(without_weight_slicing(model), example).module()
+    model = litert_form(copy.deepcopy(model))
+    int8_activations(without_weight_slicing(model))
+    graph = mobile_program(model, example).module()
     prepared = prepare_pt2e(graph, quantizer)
     for img in calibration.split(1):
         prepared(img)
@@ -148,6 +155,26 @@ def runner(data: bytes, threads: int | None = None):
     return run
 
 
+def invoker(data: bytes, x: Tensor, threads: int | None = None):
+    """A callable that runs the model once on ``x``, prepared in the model's own input type: what an app that feeds
+    the model directly pays per inference (for timing). :func:`runner` also quantizes a float input for an int8
+    model in NumPy, which at 64 px costs as long as the model itself and would hide int8's speed."""
+    interp = interpreter(data, threads)
+    inp = interp.get_input_details()[0]
+    arr = x.detach().float().contiguous().numpy()
+    if inp["dtype"] != np.float32:
+        scale, zero = inp["quantization"]
+        info = np.iinfo(inp["dtype"])
+        arr = np.clip(np.round(arr / scale + zero), info.min, info.max).astype(inp["dtype"])
+    index = inp["index"]
+
+    def call() -> None:
+        interp.set_tensor(index, arr)
+        interp.invoke()
+
+    return call
+
+
 def io_types(data: bytes) -> str:
     """``"float32"`` or e.g. ``"int8 (scale 0.0187, zero point -3)"``: what the model's input takes."""
     inp = interpreter(data, 1).get_input_details()[0]
@@ -172,7 +199,8 @@ def convert(
             graph, quant_config = _quantized(model, example, calibration)
             converted = litert_torch.convert(graph, (example,), quant_config=quant_config)
         else:
-            converted = litert_torch.convert(_inference(mobile_program(model, example).module()), (example,))
+            form = litert_form(copy.deepcopy(model))
+            converted = litert_torch.convert(_inference(mobile_program(form, example).module()), (example,))
     return _artifact(_model_bytes(converted), metadata)
 
 

@@ -12,7 +12,10 @@ accepts, and each one splits the model into another delegated partition with a s
 * ``addcmul`` (ChannelAffine, channel LayerNorm affine): Core ML has no such op; ``a + b * c``;
 * ``pow(x, 2)`` as ``x * x`` and the L2 norm of XCA's ``F.normalize`` through the mean above;
 * Mobile MQA's single K/V head broadcast over the query heads (``unsqueeze``/``expand``) is replaced by folding
-  the heads into the query rows (``mobile_form()`` of :class:`~edgezoo.layers.mobile_mqa.MobileMQA`);
+  the heads into the query rows (``mobile_form()`` of :class:`~edgezoo.layers.mobile_mqa.MobileMQA`); for LiteRT
+  (:func:`litert_form`) the heads are the matmul batch instead, against per-head copies of K and V;
+* for LiteRT int8, h-swish and h-sigmoid become ``mul``/``add``/``relu6`` (:func:`int8_activations`): the
+  delegate has no int8 ``HARD_SWISH``;
 * EdgeNeXt's Fourier position encoding, a function of the grid size only, is evaluated once for the export size
   and stored as a buffer (:func:`freeze_fixed_size`), so ``arange``/``sin``/``cos``/``floor_divide`` leave the
   graph.
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .export import INPUT_NAME, MOBILE_FORMATS, OUTPUT_NAME, _quiet
@@ -180,6 +184,61 @@ def without_weight_slicing(form: nn.Module) -> nn.Module:
         if getattr(m, "class_token_last_block", False):
             m.class_token_last_block = False
     return form
+
+
+class _Int8HardSwish(nn.Module):
+    """``hardswish(x) = (x / 6) * relu6(x + 3)`` written as separate ``mul``/``add``/``relu6`` calls, for int8.
+
+    XNNPACK's LiteRT delegate has no int8 ``HARD_SWISH``: each one left the int8 graph for LiteRT's own kernel
+    and split it into another partition. Written with ``torch.add``/``torch.mul`` the PT2E quantizer annotates
+    every step (it matches ops by their source function, so an aten decomposition would stay float), and the
+    order ``(x / 6) * relu6(x + 3)`` keeps LiteRT's converter from pattern-matching it back into ``HARD_SWISH``
+    (it fuses ``x * relu6(x + 3) / 6``). The constants are (1, 1, 1, 1) buffers: the converter's NHWC layout pass
+    refuses a quantized 0-d constant.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("three", torch.full((1, 1, 1, 1), 3.0))
+        self.register_buffer("sixth", torch.full((1, 1, 1, 1), 1.0 / 6.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.mul(torch.mul(x, self.sixth), F.relu6(torch.add(x, self.three)))
+
+
+class _Int8HardSigmoid(_Int8HardSwish):
+    """``hardsigmoid(x) = relu6(x + 3) / 6`` with int8-annotatable ops (see :class:`_Int8HardSwish`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.mul(F.relu6(torch.add(x, self.three)), self.sixth)
+
+
+def litert_form(form: nn.Module) -> nn.Module:
+    """Switch the modules of a mobile ``form`` that have a LiteRT variant to it (in place); returns ``form``.
+
+    Today that is Mobile MQA's ``heads_as_batch``: LiteRT's converter makes a batch-1 matmul of two activations a
+    ``FULLY_CONNECTED`` that XNNPACK's LiteRT delegate refuses, so the heads become the matmul batch there.
+    """
+    for m in form.modules():
+        if hasattr(m, "heads_as_batch"):
+            m.heads_as_batch = True
+    return form
+
+
+def int8_activations(form: nn.Module) -> list[str]:
+    """Replace ``nn.Hardswish``/``nn.Hardsigmoid`` in ``form`` (in place) by int8-delegable compositions.
+
+    For LiteRT int8 only: XNNPACK's fp32 kernels take ``HARD_SWISH`` whole (one op is faster than three), and
+    ExecuTorch's XNNPACK quantizer already keeps it in one partition. Returns the names of the modules replaced.
+    """
+    done: list[str] = []
+    for name, mod in list(form.named_modules()):
+        if isinstance(mod, (nn.Hardswish, nn.Hardsigmoid)):
+            parent, _, child = name.rpartition(".")
+            owner = form.get_submodule(parent) if parent else form
+            setattr(owner, child, _Int8HardSwish() if isinstance(mod, nn.Hardswish) else _Int8HardSigmoid())
+            done.append(name)
+    return done
 
 
 # --- graph rewrites ------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ Projections are 1×1 convs on NCHW maps (no bias) and the attention itself is ``
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -113,11 +114,19 @@ class _HeadsFoldedMQA(nn.Module):
     With a single K/V head every query head attends over the same keys, so ``heads × queries`` rows against one
     ``(keys, d)`` matrix compute the same softmax rows as the broadcast form — without the ``unsqueeze``/``expand``
     of K and V, which XNNPACK (ExecuTorch, LiteRT) cannot run and which would split the graph there.
+
+    ``heads_as_batch`` (set for LiteRT by :func:`edgezoo.deploy.mobile.litert_form`) keeps the query heads as the
+    batch of the two matmuls instead, each against its own copy of K and V (a ``cat``): at batch 1 LiteRT's
+    converter turns a matmul whose batch is 1 into ``FULLY_CONNECTED`` with an activation as its "weights", which
+    XNNPACK's LiteRT delegate refuses (one partition split per matmul); with ``heads`` as the batch it stays a
+    ``BATCH_MATMUL``, which XNNPACK takes. ExecuTorch keeps the folded form: its XNNPACK partitioner does not take a
+    ``cat`` of one tensor repeated, and lowers the batch-1 matmul itself.
     """
 
     def __init__(self, mqa: MobileMQA) -> None:
         super().__init__()
         self.mqa = mqa
+        self.heads_as_batch = False
 
     def forward(self, x: Tensor) -> Tensor:
         m = self.mqa
@@ -125,6 +134,8 @@ class _HeadsFoldedMQA(nn.Module):
         q = m.query_proj(m.query_norm(m.query_pool(x)))
         q_height, q_width = q.shape[-2:]
         rows = q_height * q_width
+        if self.heads_as_batch:
+            return self._heads_as_batch(x, q, batch, height, width)
         # (B, heads·dk, h, w) -> (B, 1, heads·h·w, dk): head-major query rows
         q = q.reshape(batch, m.num_heads, m.key_dim, rows).transpose(-1, -2).reshape(batch, 1, m.num_heads * rows, m.key_dim)
         k = m.key_proj(m.key_down(x)).flatten(2).transpose(-1, -2)
@@ -134,6 +145,25 @@ class _HeadsFoldedMQA(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v)  # (B, 1, heads·h·w, dv)
         o = o.reshape(batch, m.num_heads, rows, m.value_dim).transpose(-1, -2)
         o = o.reshape(batch, m.num_heads * m.value_dim, q_height, q_width)
+        if m.query_stride > 1:
+            o = F.interpolate(o, size=(height, width), mode="bilinear", align_corners=False)
+        return m.proj_drop(m.out_proj(o))
+
+    def _heads_as_batch(self, x: Tensor, q: Tensor, batch: int, height: int, width: int) -> Tensor:
+        m = self.mqa
+        heads = m.num_heads
+        q_height, q_width = q.shape[-2:]
+        rows = q_height * q_width
+        # (B, heads·dk, h, w) -> (B·heads, h·w, dk)
+        q = q.reshape(batch * heads, m.key_dim, rows).transpose(-1, -2)
+        k = m.key_proj(m.key_down(x)).flatten(2).transpose(-1, -2)  # (B, keys, dk)
+        v = m.value_proj(m.value_down(x)).flatten(2).transpose(-1, -2)
+        keys = k.shape[1]
+        # one copy per head, batch-major: (B, heads·keys, d) -> (B·heads, keys, d)
+        k = torch.cat([k] * heads, dim=1).reshape(batch * heads, keys, m.key_dim)
+        v = torch.cat([v] * heads, dim=1).reshape(batch * heads, keys, m.value_dim)
+        o = F.scaled_dot_product_attention(q, k, v)  # (B·heads, h·w, dv)
+        o = o.transpose(-1, -2).reshape(batch, heads * m.value_dim, q_height, q_width)
         if m.query_stride > 1:
             o = F.interpolate(o, size=(height, width), mode="bilinear", align_corners=False)
         return m.proj_drop(m.out_proj(o))
