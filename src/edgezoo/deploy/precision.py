@@ -298,6 +298,8 @@ def _ov_runner(ov_model_or_onnx: Any, threads: int, *, pinned: bool = False, pre
         return request.get_output_tensor(0).data.copy()
 
     run = _per_image(one)
+    run.isolate = {"kind": "openvino", "model": ov_model_or_onnx, "pinned": pinned,  # type: ignore[attr-defined]
+                   "hint": precision_hint}  # what optimize.time_in_processes rebuilds in a worker
     try:
         run.int8_layers = int8_layers(compiled)  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - a diagnostic only
@@ -421,6 +423,7 @@ def optimize_precision(
     threads: int | None = None,
     repeats: int = 15,
     block: int = 5,
+    isolate: bool = True,
 ) -> PrecisionEngine:
     """The fastest engine for ``model`` at ``precision`` whose held-out top-1 is within ``max_drop`` points of fp32.
 
@@ -432,9 +435,11 @@ def optimize_precision(
     ``meta``: a checkpoint's training metadata, so ``"digits"`` uses exactly that run's preprocessing.
     ``int8_engines``: subset of :data:`INT8_ENGINES` (default :data:`AUTO_INT8_ENGINES`); ``bf16_engines``:
     subset of :data:`BF16_ENGINES` (default all; empty: none). ``method``: activation
-    range estimation (min-max, percentile, entropy/histogram) for both quantizers.
+    range estimation (min-max, percentile, entropy/histogram) for both quantizers. ``isolate``: rank the
+    survivors with every ONNX Runtime / OpenVINO engine in a process of its own (see
+    :func:`~edgezoo.deploy.optimize.time_in_processes`), as they would run when deployed.
     """
-    from .optimize import optimize, time_interleaved
+    from .optimize import optimize, time_in_processes, time_interleaved
     from .quantize import _qdq_model
 
     if not isinstance(model, nn.Module):
@@ -472,7 +477,7 @@ def optimize_precision(
     threads = int(threads or torch.get_num_threads())
 
     # fp32: the engine optimize() picks (the reference, and auto's fallback)
-    fp32 = optimize(model, example, threads=threads, repeats=repeats, block=block)
+    fp32 = optimize(model, example, threads=threads, repeats=repeats, block=block, isolate=isolate)
     folded = fuse(model)
     onnx = onnx_bytes(folded, example)
     candidates: list[Candidate] = []
@@ -481,6 +486,9 @@ def optimize_precision(
     fp32_name = f"fp32/{fp32.variant}"
     candidates.append(Candidate(fp32_name, "fp32", fp32.backend))
     runners[fp32_name] = lambda x: torch.cat([fp32(x[i : i + 1]) for i in range(x.shape[0])])  # its built shape
+    built = next(iter(fp32._runners.values()), None)
+    if getattr(built, "isolate", None) is not None:
+        runners[fp32_name].isolate = built.isolate  # type: ignore[attr-defined]
     artifacts[fp32_name] = {"model.onnx": onnx}
 
     def attempt(name: str, prec: str, backend: str, build: Callable[[], tuple[Runner, dict[str, bytes]]]) -> None:
@@ -582,10 +590,16 @@ def optimize_precision(
             if by_name[name].precision != "fp32":
                 by_name[name].reason = "accuracy not checked (max_drop=None)"
 
-    # time the survivors together with the fp32 reference, interleaved
+    # time the survivors together with the fp32 reference: each graph engine in its own process (as deployed;
+    # in one process the engines' thread pools distort each other), else interleaved in this one
     calls = {k: (lambda r=r: r(example)) for k, r in runners.items()}
     with torch.inference_mode():
-        if len(calls) > 1:
+        separate = None
+        if len(calls) > 1 and isolate and any(getattr(r, "isolate", None) is not None for r in runners.values()):
+            separate = time_in_processes(runners, example, threads=threads, repeats=repeats, block=block)
+        if separate is not None:
+            timings = separate
+        elif len(calls) > 1:
             timings = time_interleaved(calls, repeats=repeats, block=block)
         else:  # only the fp32 reference is left: optimize() timed it already
             only = next(iter(calls))
