@@ -368,3 +368,36 @@ def test_time_in_processes_runs_graph_engines_in_workers():
     broken = _ort_runner(model, x, 1)
     broken.isolate = {"kind": "onnxruntime", "model": b"not an onnx model"}
     assert time_in_processes({"bad": broken, "eager": _eager_runner(model, False)}, x, threads=1, repeats=1) is None
+
+
+def test_openvino_forms_same_function_and_unbroken_int8_chain():
+    """h-swish / h-sigmoid written out compute the same values, and OpenVINO then keeps MobileNetV3's int8 chain
+    (fewer precision/layout reorders than with the ONNX HardSwish/HardSigmoid ops)."""
+    pytest.importorskip("openvino")
+    import edgezoo
+    from edgezoo.deploy import fuse
+    from edgezoo.deploy.export import onnx_bytes
+    from edgezoo.deploy.fuse import ExplicitHardSigmoid, ExplicitHardSwish, openvino_forms
+    from edgezoo.deploy.precision import _ov_read, _ov_runner
+    from edgezoo.deploy.quantize import _qdq_model
+
+    torch.manual_seed(0)
+    model = fuse(edgezoo.create_model("mobilenetv3_small_050", num_classes=10).eval())
+    forms = openvino_forms(model)
+    kinds = {type(m) for m in forms.modules()}
+    assert ExplicitHardSwish in kinds and ExplicitHardSigmoid in kinds
+    assert not kinds & {nn.Hardswish, nn.Hardsigmoid} and any(isinstance(m, nn.Hardswish) for m in model.modules())
+    x = torch.randn(20, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(forms(x), model(x), atol=1e-5)
+    assert openvino_forms(nn.Conv2d(3, 3, 1)).__class__ is nn.Conv2d  # nothing to rewrite: the model itself
+
+    samples = [x[i : i + 1].numpy() for i in range(len(x))]
+    reorders = {}
+    for name, m in (("ops", model), ("explicit", forms)):
+        q = _qdq_model(onnx_bytes(m, x[:1]), samples, "minmax", per_channel=True, reduce_range=False)
+        layers = _ov_runner(_ov_read(q), 1).int8_layers
+        int8, total, n = map(int, re.match(r"(\d+)/(\d+) .* (\d+) reorders", layers).groups())
+        assert int8 == total > 0, layers
+        reorders[name] = n
+    assert reorders["explicit"] < reorders["ops"], reorders

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .engine_worker import openvino_config
 from .export import onnx_bytes, ort_session, rel_diff, require
-from .fuse import fuse
+from .fuse import fuse, openvino_forms
 
 if TYPE_CHECKING:  # precision.py imports this module; only the type is needed here
     from .precision import PrecisionEngine
@@ -275,8 +275,9 @@ def openvino_compile(onnx, threads: int, pinned: bool = False, extra_config: dic
 def _openvino_runner(
     model: nn.Module, example: Tensor, threads: int, pinned: bool = False, *, onnx: bytes | None = None
 ) -> Runner:
-    """OpenVINO CPU engine for ``model`` at ``example``'s shape; ``onnx``: its export, if already made."""
-    data = onnx if onnx is not None else onnx_bytes(model, example)
+    """OpenVINO CPU engine for ``model`` at ``example``'s shape; ``onnx``: its export (of
+    :func:`~edgezoo.deploy.fuse.openvino_forms` of the model), if already made."""
+    data = onnx if onnx is not None else onnx_bytes(openvino_forms(model), example)
     compiled = openvino_compile(data, threads, pinned)
     request = compiled.create_infer_request()
 
@@ -418,7 +419,7 @@ def optimize(
             continue
         try:
             if name == "openvino":  # both configurations from one export
-                data = onnx_bytes(folded, example_input)
+                data = onnx_bytes(openvino_forms(folded), example_input)
                 for variant, pinned in ((name, False), (PINNED_OPENVINO, True)):
                     runners[variant] = _openvino_runner(folded, example_input, threads, pinned, onnx=data)
             else:

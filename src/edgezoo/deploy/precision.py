@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ..devices import cpu_flags
 from .export import onnx_bytes, require
-from .fuse import fuse
+from .fuse import fuse, openvino_forms
 
 PRECISIONS = ("fp32", "bf16", "int8", "auto")
 INT8_ENGINES = ("openvino-nncf", "onnxruntime-qdq", "openvino-qdq", "pt2e")
@@ -480,6 +480,10 @@ def optimize_precision(
     fp32 = optimize(model, example, threads=threads, repeats=repeats, block=block, isolate=isolate)
     folded = fuse(model)
     onnx = onnx_bytes(folded, example)
+    # OpenVINO engines read the export with h-swish / h-sigmoid written out (fuse.openvino_forms): it fuses those
+    # into the convolutions, so MobileNetV3's int8 chain is not cut at every activation and SE gate
+    ov_form = openvino_forms(folded)
+    onnx_ov = onnx if ov_form is folded else onnx_bytes(ov_form, example)
     candidates: list[Candidate] = []
     runners: dict[str, Runner] = {}
     artifacts: dict[str, dict[str, bytes]] = {}
@@ -509,28 +513,28 @@ def optimize_precision(
     if want_int8:
         samples = [calib_x[i : i + 1].numpy() for i in range(len(calib_x))]
         transformer = is_transformer_like(model)
-        qdq_cache: dict[str, bytes] = {}
+        qdq_cache: dict[bytes, bytes] = {}
 
-        def qdq() -> bytes:
-            if "m" not in qdq_cache:
-                qdq_cache["m"] = _qdq_model(onnx, samples, method, per_channel=True, reduce_range=not has_vnni())
-            return qdq_cache["m"]
+        def qdq(graph: bytes) -> bytes:
+            if graph not in qdq_cache:
+                qdq_cache[graph] = _qdq_model(graph, samples, method, per_channel=True, reduce_range=not has_vnni())
+            return qdq_cache[graph]
 
         for eng in engines:
             if eng == "openvino-nncf":
                 def build_nncf():
-                    q = _nncf_int8(onnx, calib_x, method, transformer)
+                    q = _nncf_int8(onnx_ov, calib_x, method, transformer)
                     return _ov_runner(q, threads), _ov_ir_bytes(q)
                 attempt("int8/openvino-nncf", "int8", "openvino", build_nncf)
             elif eng == "onnxruntime-qdq":
                 def build_ort():
                     from .quantize import _ort_int8
-                    m = qdq()
+                    m = qdq(onnx)
                     return _ort_int8(m, threads), {"model_int8.onnx": m}
                 attempt("int8/onnxruntime-qdq", "int8", "onnxruntime", build_ort)
             elif eng == "openvino-qdq":
                 def build_ovq():
-                    m = qdq()
+                    m = qdq(onnx_ov)
                     return _ov_runner(_ov_read(m), threads), {"model_int8.onnx": m}
                 attempt("int8/openvino-qdq", "int8", "openvino", build_ovq)
             elif eng == "pt2e":
@@ -542,7 +546,7 @@ def optimize_precision(
         else:
             if "openvino" in bf16_list:
                 attempt("bf16/openvino", "bf16", "openvino",
-                        lambda: (_ov_runner(_ov_read(onnx), threads, precision_hint="bf16"), {"model.onnx": onnx}))
+                        lambda: (_ov_runner(_ov_read(onnx_ov), threads, precision_hint="bf16"), {"model.onnx": onnx_ov}))
             if "eager" in bf16_list:
                 convs = any(isinstance(m, nn.Conv2d) for m in folded.modules())
                 attempt("bf16/eager", "bf16", "eager", lambda: (_eager_bf16(fuse(model, deploy_forms=False), convs),
