@@ -27,6 +27,30 @@ import sys
 import torch
 
 
+def perf_profile(ov_model_or_onnx, x, threads: int, hint: str, runs: int = 30) -> list[tuple[str, float, int]]:
+    """OpenVINO PERF_COUNT: (layer type / kernel, ms per inference, node count), largest first."""
+    from edgezoo.deploy.optimize import openvino_compile
+    from edgezoo.deploy.precision import _ov_read
+
+    model = _ov_read(ov_model_or_onnx) if isinstance(ov_model_or_onnx, bytes) else ov_model_or_onnx
+    request = openvino_compile(model, threads, False, {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": hint}
+                               ).create_infer_request()
+    arr = x.numpy()
+    for _ in range(5):
+        request.infer({0: arr})
+    totals: dict[str, list[float]] = {}
+    for _ in range(runs):
+        request.infer({0: arr})
+        for info in request.get_profiling_info():
+            if info.real_time.total_seconds() <= 0:
+                continue
+            key = f"{info.node_type}/{info.exec_type}"
+            entry = totals.setdefault(key, [0.0, 0])
+            entry[0] += info.real_time.total_seconds() * 1e3 / runs
+            entry[1] += 1
+    return sorted(((k, v[0], v[1] // runs) for k, v in totals.items()), key=lambda r: -r[1])
+
+
 @contextlib.contextmanager
 def se_blocks_quantized():
     """NNCF without its SE_BLOCK ignored pattern (restored afterwards)."""
@@ -49,6 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--calib", type=int, default=300, help="calibration images (digits training split)")
     p.add_argument("--out", default=None, help="JSON file for the rows")
+    p.add_argument("--profile", action="store_true",
+                   help="also OpenVINO PERF_COUNT per layer type for fp32, bf16 and QDQ int8 (explicit forms)")
     args = p.parse_args(argv)
 
     import edgezoo
@@ -87,6 +113,20 @@ def main(argv=None) -> int:
         runners[f"qdq/{form}"] = _ov_runner(_ov_read(_qdq_model(onnx, samples, "minmax", per_channel=True,
                                                                 reduce_range=False)), args.threads)
     runners["bf16/ops"] = _ov_runner(graphs["ops"], args.threads, precision_hint="bf16")
+    profiles = {}
+    if args.profile:
+        q = _qdq_model(graphs["explicit"], samples, "minmax", per_channel=True, reduce_range=False)
+        for label, model_bytes, hint in (("fp32/explicit", graphs["explicit"], "f32"),
+                                         ("bf16/explicit", graphs["explicit"], "bf16"),
+                                         ("qdq/explicit", q, "f32"), ("qdq/explicit+bf16", q, "bf16")):
+            profiles[label] = perf_profile(model_bytes, x, args.threads, hint)
+            print(f"PERF_COUNT {label}: total {sum(r[1] for r in profiles[label]):.3f} ms")
+            for kind, ms_, n in profiles[label][:8]:
+                print(f"   {kind:45s} {ms_:7.3f} ms  ({n} nodes)")
+    runners["qdq+bf16/explicit"] = _ov_runner(_ov_read(_qdq_model(graphs["explicit"], samples, "minmax",
+                                              per_channel=True, reduce_range=False)), args.threads,
+                                              precision_hint="bf16")
+    runners["bf16/explicit"] = _ov_runner(graphs["explicit"], args.threads, precision_hint="bf16")
     ms = time_in_processes(runners, x, threads=args.threads, repeats=args.repeats, block=5) or {}
     rows = []
     fp32_top1 = None
@@ -103,7 +143,7 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"model": name, "img_size": size, "fp32_top1": fp32_top1, "rows": rows,
-                       "command": " ".join(sys.argv)}, fh, indent=1)
+                       "profiles": profiles, "command": " ".join(sys.argv)}, fh, indent=1)
     return 0
 
 
