@@ -12,8 +12,7 @@ per tensor, ranges from ``calib``):
 * ``int8/openvino-nncf`` — OpenVINO's own flow: NNCF inserts FakeQuantize nodes where OpenVINO's low-precision
   transformations fuse them (attention and MLP models get ``model_type=TRANSFORMER``, which quantizes the MatMuls
   and keeps Softmax / LayerNorm / GELU in float) and corrects biases shifted by rounding; on MobileNetV3 it
-  leaves the depthwise convolutions in float (43 of 54 layers in int8); on CPUs with native bf16 the same int8
-  model is also tried with those float layers in bf16 (``int8/openvino-nncf-bf16``, OpenVINO's own default);
+  leaves the depthwise convolutions in float (43 of 54 layers in int8);
 * ``int8/onnxruntime-qdq`` and ``int8/openvino-qdq`` — ONNX Runtime's static QDQ model (LayerNorm kept in float,
   see :mod:`edgezoo.deploy.quantize`), run by ONNX Runtime and by OpenVINO. OpenVINO reads every export with
   h-swish / h-sigmoid written out (:func:`~edgezoo.deploy.fuse.openvino_forms`), which it fuses into the
@@ -138,8 +137,7 @@ class PrecisionEngine:
         """Write the deployable artifact(s) of the chosen engine and ``report.json`` into ``out_dir``.
 
         int8 from NNCF: ``model_int8.xml`` + ``.bin`` (OpenVINO IR); int8 QDQ: ``model_int8.onnx``; fp32 and bf16:
-        ``model.onnx`` (bf16 is a runtime setting: load it with ``INFERENCE_PRECISION_HINT=bf16`` or autocast;
-        likewise ``int8/openvino-nncf-bf16`` is NNCF's IR loaded with that hint).
+        ``model.onnx`` (bf16 is a runtime setting: load it with ``INFERENCE_PRECISION_HINT=bf16`` or autocast).
         """
         from ..checkpoint import atomic_write_bytes
 
@@ -526,19 +524,10 @@ def optimize_precision(
 
         for eng in engines:
             if eng == "openvino-nncf":
-                nncf_model: dict[str, Any] = {}
-
-                def build_nncf(hint: str = "f32"):
-                    if "q" not in nncf_model:
-                        nncf_model["q"] = _nncf_int8(onnx_ov, calib_x, method, transformer)
-                    q = nncf_model["q"]
-                    return _ov_runner(q, threads, precision_hint=hint), _ov_ir_bytes(q)
+                def build_nncf():
+                    q = _nncf_int8(onnx_ov, calib_x, method, transformer)
+                    return _ov_runner(q, threads), _ov_ir_bytes(q)
                 attempt("int8/openvino-nncf", "int8", "openvino", build_nncf)
-                if native_bf16 and "q" in nncf_model:
-                    # NNCF leaves some layers in float (MobileNets' depthwise convs); OpenVINO's own default on a
-                    # bf16 CPU runs those in bf16, which the hand-built NNCF peer measured 1.3x faster than f32
-                    # on MobileNetV2-1.0 at 224 px. Same int8 model; the guard decides whether bf16 costs accuracy.
-                    attempt("int8/openvino-nncf-bf16", "int8", "openvino", lambda: build_nncf("bf16"))
             elif eng == "onnxruntime-qdq":
                 def build_ort():
                     from .quantize import _ort_int8
