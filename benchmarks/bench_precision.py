@@ -112,13 +112,14 @@ def build(contender: str, run: str, threads: int):
 
         if contender == "edgezoo-fp32":
             eng = optimize(model, x, threads=threads, repeats=BUILD_REPEATS, block=3)
-            info["variant"] = eng.variant
+            info.update(variant=eng.variant, timing=eng.timing, own_timings_ms=eng.timings_ms)
             return eng, info
         prec = contender.split("-")[1]
+        guarded = not os.environ.get("EDGEZOO_BENCH_NOGUARD")  # --no-guard: latency rows on untrained weights
         try:
-            eng = optimize(model, x, precision=prec, calib="digits", meta=meta, max_drop=0.5, threads=threads,
-                           repeats=BUILD_REPEATS, block=3)
-            info["guard"] = "passed"
+            eng = optimize(model, x, precision=prec, calib="digits", meta=meta, max_drop=0.5 if guarded else None,
+                           threads=threads, repeats=BUILD_REPEATS, block=3)
+            info["guard"] = "passed" if guarded else "passed (not applied: --no-guard, latency only)"
         except RuntimeError as exc:  # nothing within 0.5 pt: time the fastest anyway and say so
             eng = optimize(model, x, precision=prec, calib="digits", meta=meta, max_drop=100.0, threads=threads,
                            repeats=BUILD_REPEATS, block=3)
@@ -253,10 +254,12 @@ def train_run(model: str, out: Path, epochs: int) -> Path:
 
 
 def bench_model(run: Path, contenders, threads: int, rounds: int, block: int, gap_s: float,
-                img_size: int | None = None) -> dict:
+                img_size: int | None = None, no_guard: bool = False) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     if img_size:
         env["EDGEZOO_BENCH_IMG"] = str(img_size)
+    if no_guard:
+        env["EDGEZOO_BENCH_NOGUARD"] = "1"
     procs, infos = {}, {}
     for c in contenders:  # built one at a time, so builds do not disturb each other
         started = time.time()
@@ -343,6 +346,9 @@ def main(argv=None) -> int:
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--img-size", type=int, default=None,
                    help="run convnets at this size instead of the run's (accuracy then measured at it too)")
+    p.add_argument("--no-guard", action="store_true",
+                   help="int8/bf16 without the accuracy guard (max_drop=None; top-1 still measured): latency rows "
+                        "for weights not trained at --img-size")
     p.add_argument("--out", default=None, help="folder for precision.json / precision.md")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--run", help=argparse.SUPPRESS)
@@ -359,7 +365,8 @@ def main(argv=None) -> int:
     for fam in args.families:
         name = FAMILY_MODELS.get(fam, fam)
         run = train_run(name, Path(args.runs) / name, args.epochs)
-        infos = bench_model(run, contenders, args.threads, args.rounds, args.block, args.gap, args.img_size)
+        infos = bench_model(run, contenders, args.threads, args.rounds, args.block, args.gap, args.img_size,
+                            args.no_guard)
         rows.append(summarize(name, fam, infos))
         rows[-1]["workers"] = infos
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)

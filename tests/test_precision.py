@@ -302,3 +302,102 @@ def test_qdq_keeps_layernorm_float_without_axis_warnings(caplog):
     for node in (n for n in graph.node if n.op_type == "LayerNormalization"):  # scale and bias stay float
         assert all(producers[i].op_type != "DequantizeLinear" for i in node.input[1:] if i in producers)
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+
+
+# --- fp32 engine choice: ranked with each graph engine in its own process ------------------------------------------
+def _tiny_convnet() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 10)).eval()
+
+
+def test_optimize_ranks_close_engines_in_separate_processes(monkeypatch):
+    """In-process ONNX Runtime looks fastest, but alone in a process OpenVINO is: the separate ranking decides."""
+    pytest.importorskip("openvino")
+    import importlib
+
+    opt_mod = importlib.import_module("edgezoo.deploy.optimize")
+    in_process = {"eager": 9.0, "onnxruntime": 1.0, "openvino": 1.3, "openvino/pinned": 1.4}
+    separate = {"onnxruntime": 1.32, "openvino": 1.0, "openvino/pinned": 1.1}
+    seen: dict[str, set] = {}
+
+    def fake_interleaved(runners, **kwargs):
+        for run in runners.values():
+            run()
+        return {k: in_process.get(k, 9.0) for k in runners}  # eager forms (_pick_eager) too
+
+    def fake_separate(runners, example, **kwargs):
+        seen["keys"] = set(runners)
+        assert all(getattr(runners[k], "isolate", None) is not None for k in runners)  # graph engines only here
+        return {k: separate[k] for k in runners}
+
+    monkeypatch.setattr(opt_mod, "time_interleaved", fake_interleaved)
+    monkeypatch.setattr(opt_mod, "time_in_processes", fake_separate)
+    model, x = _tiny_convnet(), torch.randn(1, 3, 16, 16)
+    engine = opt_mod.optimize(model, x, repeats=2, block=1)
+    assert seen["keys"] == {"onnxruntime", "openvino", "openvino/pinned"}  # eager is beyond ISOLATE_MARGIN
+    assert engine.variant == "openvino" and engine.timing == "separate processes"
+    assert engine.timings_ms == separate  # only what was measured the same way is ranked and reported
+    with torch.no_grad():
+        assert torch.allclose(engine(x), model(x), atol=1e-4)
+
+    seen.clear()
+    engine = opt_mod.optimize(model, x, repeats=2, block=1, isolate=False)
+    assert not seen and engine.variant == "onnxruntime" and engine.timing == "in-process"
+
+    monkeypatch.setattr(opt_mod, "time_in_processes", lambda *a, **k: None)  # a worker could not start
+    engine = opt_mod.optimize(model, x, repeats=2, block=1)
+    assert engine.variant == "onnxruntime" and engine.timing == "in-process"
+
+
+def test_time_in_processes_runs_graph_engines_in_workers():
+    pytest.importorskip("openvino")
+    from edgezoo.deploy.optimize import _eager_runner, _openvino_runner, _ort_runner, time_in_processes
+
+    model, x = _tiny_convnet(), torch.randn(1, 3, 16, 16)
+    calls = {"eager": 0}
+
+    def eager(t):
+        calls["eager"] += 1
+        return model(t)
+
+    runners = {"onnxruntime": _ort_runner(model, x, 1), "openvino": _openvino_runner(model, x, 1), "eager": eager}
+    t = time_in_processes(runners, x, threads=1, repeats=3, block=2, gap_s=0.0)
+    assert set(t) == set(runners) and all(v > 0 for v in t.values())
+    assert calls["eager"] == 3 + 3 * 2  # warm-up and turns of the local runner happen here; the others elsewhere
+    broken = _ort_runner(model, x, 1)
+    broken.isolate = {"kind": "onnxruntime", "model": b"not an onnx model"}
+    assert time_in_processes({"bad": broken, "eager": _eager_runner(model, False)}, x, threads=1, repeats=1) is None
+
+
+def test_openvino_forms_same_function_and_unbroken_int8_chain():
+    """h-swish / h-sigmoid written out compute the same values, and OpenVINO then keeps MobileNetV3's int8 chain
+    (fewer precision/layout reorders than with the ONNX HardSwish/HardSigmoid ops)."""
+    pytest.importorskip("openvino")
+    import edgezoo
+    from edgezoo.deploy import fuse
+    from edgezoo.deploy.export import onnx_bytes
+    from edgezoo.deploy.fuse import ExplicitHardSigmoid, ExplicitHardSwish, openvino_forms
+    from edgezoo.deploy.precision import _ov_read, _ov_runner
+    from edgezoo.deploy.quantize import _qdq_model
+
+    torch.manual_seed(0)
+    model = fuse(edgezoo.create_model("mobilenetv3_small_050", num_classes=10).eval())
+    forms = openvino_forms(model)
+    kinds = {type(m) for m in forms.modules()}
+    assert ExplicitHardSwish in kinds and ExplicitHardSigmoid in kinds
+    assert not kinds & {nn.Hardswish, nn.Hardsigmoid} and any(isinstance(m, nn.Hardswish) for m in model.modules())
+    x = torch.randn(20, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(forms(x), model(x), atol=1e-5)
+    assert openvino_forms(nn.Conv2d(3, 3, 1)).__class__ is nn.Conv2d  # nothing to rewrite: the model itself
+
+    samples = [x[i : i + 1].numpy() for i in range(len(x))]
+    reorders = {}
+    for name, m in (("ops", model), ("explicit", forms)):
+        q = _qdq_model(onnx_bytes(m, x[:1]), samples, "minmax", per_channel=True, reduce_range=False)
+        layers = _ov_runner(_ov_read(q), 1).int8_layers
+        int8, total, n = map(int, re.match(r"(\d+)/(\d+) .* (\d+) reorders", layers).groups())
+        assert int8 == total > 0, layers
+        reorders[name] = n
+    assert reorders["explicit"] < reorders["ops"], reorders

@@ -99,12 +99,9 @@ def onnx_bytes(
 def ort_session(model_bytes_or_path: bytes | str | os.PathLike, *, threads: int | None = None):
     """An ONNX Runtime CPU session with all graph optimizations, sequential execution, ``threads`` intra-op."""
     ort = require("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    from .engine_worker import ort_session_options  # one definition, shared with the timing workers
+
+    opts = ort_session_options(ort, threads or torch.get_num_threads())
     src = model_bytes_or_path if isinstance(model_bytes_or_path, bytes) else str(model_bytes_or_path)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 

@@ -183,3 +183,45 @@ def fuse(
     for p in out.parameters():
         p.requires_grad_(False)
     return (out, report) if return_report else out
+
+
+# --- OpenVINO's forms of the hard activations ------------------------------------------------------------------------
+class ExplicitHardSwish(nn.Module):
+    """h-swish spelled ``x * relu6(x + 3) / 6`` (Howard et al., 2019, eq. 2) rather than one ``HardSwish`` op.
+
+    OpenVINO's ONNX reader turns the fused ``HardSwish`` / ``HardSigmoid`` ops into nodes its CPU plugin does not
+    fuse with the convolution before them, so MobileNetV3's int8 chain was cut around every h-swish and SE gate
+    (58 precision/layout reorders for 54 int8 layers in MobileNetV3-small). Written out, the same arithmetic is
+    what OpenVINO's HSwish/HSigmoid fusion passes match and run as a post-op of the convolution: 2 reorders.
+    ONNX Runtime and eager PyTorch prefer the single op, so only OpenVINO exports use these forms.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.nn.functional.relu6(x + 3.0) / 6.0
+
+
+class ExplicitHardSigmoid(nn.Module):
+    """h-sigmoid spelled ``relu6(x + 3) / 6``; see :class:`ExplicitHardSwish` for why."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.relu6(x + 3.0) / 6.0
+
+
+def openvino_forms(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with ``nn.Hardswish`` / ``nn.Hardsigmoid`` in the forms OpenVINO fuses (the model
+    itself when it has none). Same function, to float rounding; used for every OpenVINO export edgezoo makes."""
+    if not any(isinstance(m, (nn.Hardswish, nn.Hardsigmoid)) for m in model.modules()):
+        return model
+    copied = copy.deepcopy(model)
+
+    def swap(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.Hardswish):
+                setattr(module, name, ExplicitHardSwish())
+            elif isinstance(child, nn.Hardsigmoid):
+                setattr(module, name, ExplicitHardSigmoid())
+            else:
+                swap(child)
+
+    swap(copied)
+    return copied

@@ -134,6 +134,7 @@ def _ort_int8(model_bytes: bytes, threads: int):
         outs = [sess.run(None, {name: x[i : i + 1].contiguous().numpy()})[0] for i in range(x.shape[0])]
         return torch.from_numpy(np.concatenate(outs))
 
+    run.isolate = {"kind": "onnxruntime", "model": model_bytes}  # type: ignore[attr-defined] # optimize.time_in_processes
     return run
 
 
