@@ -190,6 +190,35 @@ def test_int8_activations_equal_hard_swish_and_sigmoid():
         assert torch.allclose(net(x), ref, atol=1e-6)
 
 
+def test_int8_activations_gelu_is_the_sigmoid_approximation():
+    """GELU becomes x * sigmoid(1.702 x) for LiteRT int8 (no int8 GELU in XNNPACK's delegate): within 0.021 of the
+    exact GELU everywhere, on channels-first maps and on token tensors alike."""
+    from edgezoo.deploy.mobile import int8_activations
+
+    for shape in ((2, 8, 5, 5), (2, 7, 8)):
+        net = nn.Sequential(nn.GELU())
+        x = torch.linspace(-8, 8, int(torch.tensor(shape).prod())).reshape(shape)
+        with torch.no_grad():
+            ref = net(x)
+            assert int8_activations(net) == ["0"]
+            got = net(x)
+        assert not any(isinstance(m, nn.GELU) for m in net.modules())
+        assert got.shape == ref.shape and (got - ref).abs().max() < 0.021
+
+
+@needs("tflite")
+@pytest.mark.slow
+def test_tflite_int8_edgenext_is_one_partition(tmp_path):
+    """EdgeNeXt's 12 GELUs split its LiteRT int8 graph into 13 partitions (no int8 GELU in the delegate); with the
+    sigmoid form it is one."""
+    from edgezoo.deploy import litert
+
+    model = _model("edgenext_xx_small", 64)
+    calib = _calib(64, 8)
+    art = litert.convert(mobile_form(model, calib[:1]), calib[:1], calibration=calib)
+    assert art.partitions == 1 and art.outside == {}, (art.partitions, art.outside)
+
+
 @needs("tflite")
 def test_tflite_int8_hard_swish_model_is_one_int8_partition(tmp_path):
     """XNNPACK's LiteRT delegate has no int8 HARD_SWISH: MobileNetV3 int8 was split into 11 partitions (and ran
