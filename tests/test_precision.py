@@ -98,10 +98,13 @@ def test_int8_candidates_agree_with_fp32(trained_cnn):
     model, tx, vx, vy = trained_cnn
     engine = optimize(model, vx[:1], precision="int8", calib=tx[:256], val=(vx, vy), max_drop=100.0, **FAST)
     built = [c for c in engine.candidates if c.precision == "int8" and c.status not in ("failed", "skipped")]
-    expected = 1 + HAS_OV + (HAS_OV and HAS_NNCF)  # ORT QDQ, OpenVINO QDQ, NNCF
+    expected = 1 + HAS_OV + 2 * (HAS_OV and HAS_NNCF)  # ORT QDQ, OpenVINO QDQ, NNCF on two graphs
     assert len(built) == expected, [(c.name, c.status, c.reason) for c in engine.candidates]
     for c in built:
-        assert c.agreement >= 99.0, f"{c.name}: top-1 agrees with fp32 on {c.agreement:.2f}% of images"
+        # NNCF on convert_model's graph quantizes every layer (faster on wide nets, less exact on this 3-layer CNN:
+        # ~93 %); it is a candidate for the guard to weigh, so it is held to a looser bound
+        bound = 90.0 if c.name == "int8/openvino-nncf-converted" else 99.0
+        assert c.agreement >= bound, f"{c.name}: top-1 agrees with fp32 on {c.agreement:.2f}% of images"
     assert engine.precision == "int8" and engine.variant.startswith("int8/")
     assert engine.fp32_top1 > 90 and set(engine.accuracy) >= {c.name for c in built}
     assert engine.variant in engine.timings_ms and any(k.startswith("fp32/") for k in engine.timings_ms)
@@ -178,7 +181,7 @@ def test_nncf_artifact_reloads_with_same_outputs(trained_cnn, tmp_path):
     model, tx, vx, vy = trained_cnn
     engine = optimize(model, vx[:1], precision="int8", calib=tx[:64], val=(vx, vy), max_drop=100.0,
                       int8_engines=["openvino-nncf"], **FAST)
-    assert engine.variant == "int8/openvino-nncf"
+    assert engine.variant.startswith("int8/openvino-nncf")
     engine.save(tmp_path)
     compiled = ov.Core().compile_model(str(tmp_path / "model_int8.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     ir = compiled(vx[:1].numpy())[0]
