@@ -43,17 +43,9 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def session(module: nn.Module, x: torch.Tensor, threads: int, spin: bool):
-    import onnxruntime as ort
+    from edgezoo.deploy.export import ort_session
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(onnx_bytes(fuse(module.eval()), x), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_bytes(fuse(module.eval()), x), threads=threads, spinning=spin)
     name = sess.get_inputs()[0].name
     arr = x.numpy()
     return lambda: sess.run(None, {name: arr})
@@ -123,7 +115,7 @@ def main() -> int:
                 rec[f"sum_solo_{tag}"] = sum(max(0.0, solo(units[it.key]) - f) for it in items) + f
                 # interleaved in chunks of 12 with the fixed graph, as measure_items does
                 keys = list(units)
-                tot, fs = 0.0, []
+                fs = []
                 per = {}
                 for s in range(0, len(keys), 12):
                     r = {"__f": fixed, **{k: units[k] for k in keys[s:s + 12]}}

@@ -96,12 +96,14 @@ def onnx_bytes(
     return buf.getvalue()
 
 
-def ort_session(model_bytes_or_path: bytes | str | os.PathLike, *, threads: int | None = None):
-    """An ONNX Runtime CPU session with all graph optimizations, sequential execution, ``threads`` intra-op."""
+def ort_session(model_bytes_or_path: bytes | str | os.PathLike, *, threads: int | None = None,
+                spinning: bool = True):
+    """An ONNX Runtime CPU session with all graph optimizations, sequential execution, ``threads`` intra-op
+    (``spinning=False``: no spin-wait after calls, for measurements; see ``engine_worker.ort_session_options``)."""
     ort = require("onnxruntime")
     from .engine_worker import ort_session_options  # one definition, shared with the timing workers
 
-    opts = ort_session_options(ort, threads or torch.get_num_threads())
+    opts = ort_session_options(ort, threads or torch.get_num_threads(), spinning=spinning)
     src = model_bytes_or_path if isinstance(model_bytes_or_path, bytes) else str(model_bytes_or_path)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 

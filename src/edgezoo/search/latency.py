@@ -281,17 +281,9 @@ PROTOCOL = "interleaved-medians/ort-nospin"
 
 def _ort_session(onnx: bytes, threads: int) -> Any:
     """An ONNX Runtime CPU session like :func:`edgezoo.deploy.export.ort_session`, with spin-waiting off."""
-    from ..deploy.export import require
+    from ..deploy.export import ort_session
 
-    ort = require("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
+    return ort_session(onnx, threads=threads, spinning=False)
 
 
 def _runner(engine: str, module: nn.Module, x: Tensor, threads: int) -> Callable[[], Any]:
