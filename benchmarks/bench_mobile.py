@@ -141,6 +141,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def emit(row: dict, out: str | None) -> dict:
+    """Stamp ``row`` with the device, print it as one JSON line and append it to ``out`` (JSON lines), so a run cut
+    short keeps the rows it finished."""
+    row["device"] = device_description()
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    return row
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", default=list(DEFAULT_MODELS))
@@ -164,12 +175,7 @@ def main(argv=None) -> int:
         for name in args.models:
             row = measure(name, threads=args.threads, repeats=args.repeats, block=args.block, int8=args.int8,
                           timm=not args.no_timm, runtimes=runtimes, workdir=Path(tmp))
-            row["device"] = device_description()
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with open(args.out, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+            rows.append(emit(row, args.out))
     return 0
 
 

@@ -28,6 +28,9 @@ from edgezoo.deploy.mobile_export import Preprocessing, artifact_runner, calibra
 from edgezoo.deploy.optimize import time_interleaved
 from edgezoo.train import load_trained_model
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_mobile import emit  # noqa: E402 - one JSON-lines writer for both phone-runtime harnesses
+
 SUFFIX = {"tflite": ".tflite", "executorch": ".pte"}
 
 
@@ -121,11 +124,7 @@ def main(argv=None) -> int:
             except Exception as exc:  # one failing run (a converter error) must not lose the others' rows
                 print(f"{run}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 continue
-            row["device"] = device_description()
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with open(args.out, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+            emit(row, args.out)
     return 0
 
 

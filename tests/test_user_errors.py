@@ -68,11 +68,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------------------- item 3: devices
-@pytest.mark.parametrize("command", ["eval", "train", "predict"])
-def test_unknown_device_is_one_line(command, tmp_path, png, capsys):
-    args = {"eval": ["eval", "--checkpoint", str(tmp_path / "run")],
+def _device_command(command: str, tmp_path, png) -> list[str]:
+    """The arguments of ``command`` before ``--device``: each command that takes a device, run on a missing run."""
+    return {"eval": ["eval", "--checkpoint", str(tmp_path / "run")],
             "train": ["train", "--model", MODEL, "--epochs", "1", "--out", str(tmp_path / "o"), "--no-progress"],
             "predict": ["predict", str(png), "--checkpoint", str(tmp_path / "run")]}[command]
+
+
+@pytest.mark.parametrize("command", ["eval", "train", "predict"])
+def test_unknown_device_is_one_line(command, tmp_path, png, capsys):
+    args = _device_command(command, tmp_path, png)
     line = one_line_error([*args, "--device", "tpu"], capsys)
     assert "'tpu'" in line and "cpu" in line and "cuda" in line
     assert not (tmp_path / "o").exists()  # refused before the run folder is made
@@ -81,9 +86,7 @@ def test_unknown_device_is_one_line(command, tmp_path, png, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 @pytest.mark.parametrize("command", ["eval", "train", "predict"])
 def test_cuda_without_gpu_is_one_line(command, tmp_path, png, capsys):
-    args = {"eval": ["eval", "--checkpoint", str(tmp_path / "run")],
-            "train": ["train", "--model", MODEL, "--epochs", "1", "--out", str(tmp_path / "o"), "--no-progress"],
-            "predict": ["predict", str(png), "--checkpoint", str(tmp_path / "run")]}[command]
+    args = _device_command(command, tmp_path, png)
     line = one_line_error([*args, "--device", "cuda"], capsys)
     assert "'cuda'" in line and "no CUDA device" in line
 
