@@ -49,8 +49,12 @@ FAMILY_MODELS = {
     "vit": "vit_tiny_patch16_224",
     "mlp_mixer": "mixer_s32_224",
 }
-CONTENDERS = ("edgezoo-int8", "edgezoo-bf16", "edgezoo-fp32", "nncf-ov(timm)", "ort-qdq(timm)", "fp32-ort(timm)",
-              "fp32-ov(timm)")
+# "(timm,pinned)": the same OpenVINO engine with ENABLE_CPU_PINNING, which optimize() also tries for its own
+# OpenVINO candidates; a peer a user could get with one setting, so it counts among the best peers
+CONTENDERS = ("edgezoo-int8", "edgezoo-bf16", "edgezoo-fp32", "nncf-ov(timm)", "nncf-ov(timm,pinned)", "ort-qdq(timm)",
+              "fp32-ort(timm)", "fp32-ov(timm)", "fp32-ov(timm,pinned)")
+INT8_PEERS = ("nncf-ov(timm)", "nncf-ov(timm,pinned)", "ort-qdq(timm)")
+FP32_PEERS = ("fp32-ort(timm)", "fp32-ov(timm)", "fp32-ov(timm,pinned)")
 HERE = Path(__file__).resolve()
 BUILD_REPEATS = 7  # optimize()'s own choice among its candidates; the comparison below is the harness's rounds
 
@@ -99,7 +103,6 @@ def build(contender: str, run: str, threads: int):
     """(callable on a (1, C, H, W) tensor, info dict) for one contender."""
     import tempfile
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
@@ -140,6 +143,8 @@ def build(contender: str, run: str, threads: int):
         ref = fuse(model, deploy_forms=False)
         info["note"] = f"no timm twin ({str(exc)[:60]}); built by hand on edgezoo's BN-folded model"
     calib_x, _ = _digits(meta, "train", limit=300)
+    pinned = contender.endswith(",pinned)")  # the same engine with OpenVINO's threads pinned to cores
+    contender = contender.replace(",pinned)", ")")
     if contender == "nncf-ov(timm)":
         import nncf
         import openvino as ov
@@ -150,7 +155,8 @@ def build(contender: str, run: str, threads: int):
         q = nncf.quantize(ov_model, nncf.Dataset([calib_x[i : i + 1].numpy() for i in range(len(calib_x))]),
                           subset_size=len(calib_x),
                           model_type=nncf.ModelType.TRANSFORMER if is_transformer_like(ref) else None)
-        compiled = ov.Core().compile_model(q, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+        compiled = ov.Core().compile_model(q, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+                                                      "ENABLE_CPU_PINNING": pinned})
         req = compiled.create_infer_request()
 
         def one(a):
@@ -170,7 +176,7 @@ def build(contender: str, run: str, threads: int):
         if contender == "fp32-ov(timm)":
             from edgezoo.deploy.optimize import openvino_compile
 
-            req = openvino_compile(onnx, threads).create_infer_request()
+            req = openvino_compile(onnx, threads, pinned).create_infer_request()
 
             def one(a):
                 req.infer({0: a}, share_inputs=True)
@@ -229,6 +235,7 @@ def worker(contender: str, run: str, threads: int) -> int:
             if not cmd or cmd[0] == "quit":
                 break
             n = int(cmd[1])
+            fn(x)  # untimed: wake-up and cache refill after the pause (as edgezoo's engine_worker does)
             times = []
             for _ in range(n):
                 t = time.perf_counter()
@@ -300,8 +307,8 @@ def bench_model(run: Path, contenders, threads: int, rounds: int, block: int, ga
 
 def summarize(name: str, family: str, infos: dict) -> dict:
     ms = {c: i.get("ms") for c, i in infos.items() if i.get("ms")}
-    int8_peers = [ms[c] for c in ("nncf-ov(timm)", "ort-qdq(timm)") if c in ms]
-    fp32_peers = [ms[c] for c in ("fp32-ort(timm)", "fp32-ov(timm)") if c in ms]
+    int8_peers = [ms[c] for c in INT8_PEERS if c in ms]
+    fp32_peers = [ms[c] for c in FP32_PEERS if c in ms]
     ours = ms.get("edgezoo-int8")
     row = {"family": family, "model": name, "img": infos.get("edgezoo-int8", {}).get("img_size"),
            "fp32_top1": infos.get("edgezoo-int8", {}).get("fp32_top1"),
@@ -317,17 +324,18 @@ def summarize(name: str, family: str, infos: dict) -> dict:
 
 
 def markdown(rows) -> str:
-    head = ("| family | model (px) | fp32 top-1 | int8 top-1 (engine) | edgezoo int8 ms | NNCF+OV(timm) ms | "
+    head = ("| family | model (px) | fp32 top-1 | int8 top-1 (engine) | edgezoo int8 ms | NNCF+OV(timm) ms (pinned) | "
             "ORT QDQ(timm) ms | best fp32 peer ms | int8 ÷ best int8 peer | speed-up vs best fp32 peer | "
             "edgezoo bf16 ms (top-1) | edgezoo fp32 ÷ best fp32 peer |\n|" + "---|" * 12 + "\n")
     f = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     out = head
     for r in rows:
         ms = r["ms"]
-        peer = min([ms[c] for c in ("fp32-ort(timm)", "fp32-ov(timm)") if c in ms], default=None)
+        peer = min([ms[c] for c in FP32_PEERS if c in ms], default=None)
         guard = "" if (r["guard"] or "").startswith("passed") else " ✗guard"
         out += (f"| {r['family']} | {r['model']} ({r['img']}) | {f(r['fp32_top1'], 2)} | {f(r['int8_top1'], 2)} "
-                f"({r['int8_variant']}{guard}) | {f(ms.get('edgezoo-int8'))} | {f(ms.get('nncf-ov(timm)'))} | "
+                f"({r['int8_variant']}{guard}) | {f(ms.get('edgezoo-int8'))} | {f(ms.get('nncf-ov(timm)'))} "
+                f"({f(ms.get('nncf-ov(timm,pinned)'))}) | "
                 f"{f(ms.get('ort-qdq(timm)'))} | {f(peer)} | {f(r['int8_vs_best_int8_peer'], 2)}× | "
                 f"{f(r['speedup_vs_best_fp32_peer'], 2)}× | {f(ms.get('edgezoo-bf16'))} ({f(r['bf16_top1'], 2)}) | "
                 f"{f(r['fp32_vs_best_fp32_peer'], 2)}× |\n")
@@ -341,7 +349,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="digits training epochs per model (brief)")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--block", type=int, default=5)
-    p.add_argument("--gap", type=float, default=0.05, help="seconds of pause before each turn")
+    p.add_argument("--gap", type=float, default=0.2,
+                   help="seconds of pause before each turn: ONNX Runtime's pool spins for 50-200 ms after a call")
     p.add_argument("--runs", default="runs/bench_precision", help="where the digits runs are trained / reused")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--img-size", type=int, default=None,

@@ -98,8 +98,11 @@ def test_int8_candidates_agree_with_fp32(trained_cnn):
     model, tx, vx, vy = trained_cnn
     engine = optimize(model, vx[:1], precision="int8", calib=tx[:256], val=(vx, vy), max_drop=100.0, **FAST)
     built = [c for c in engine.candidates if c.precision == "int8" and c.status not in ("failed", "skipped")]
+    twins = [c for c in built if c.name.endswith("/pinned")]  # timing twins of the OpenVINO ones (same graph)
+    built = [c for c in built if c not in twins]
     expected = 1 + HAS_OV + 2 * (HAS_OV and HAS_NNCF)  # ORT QDQ, OpenVINO QDQ, NNCF on two graphs
     assert len(built) == expected, [(c.name, c.status, c.reason) for c in engine.candidates]
+    assert len(twins) == expected - 1 and all(t.agreement is not None for t in twins)
     for c in built:
         # NNCF on convert_model's graph quantizes every layer (faster on wide nets, less exact on this 3-layer CNN:
         # ~93 %); it is a candidate for the guard to weigh, so it is held to a looser bound
@@ -367,7 +370,8 @@ def test_time_in_processes_runs_graph_engines_in_workers():
     runners = {"onnxruntime": _ort_runner(model, x, 1), "openvino": _openvino_runner(model, x, 1), "eager": eager}
     t = time_in_processes(runners, x, threads=1, repeats=3, block=2, gap_s=0.0)
     assert set(t) == set(runners) and all(v > 0 for v in t.values())
-    assert calls["eager"] == 3 + 3 * 2  # warm-up and turns of the local runner happen here; the others elsewhere
+    # warm-up, then per turn one untimed call and two timed ones: the local runner runs here, the others elsewhere
+    assert calls["eager"] == 3 + 3 * (1 + 2)
     broken = _ort_runner(model, x, 1)
     broken.isolate = {"kind": "onnxruntime", "model": b"not an onnx model"}
     assert time_in_processes({"bad": broken, "eager": _eager_runner(model, False)}, x, threads=1, repeats=1) is None
@@ -404,3 +408,46 @@ def test_openvino_forms_same_function_and_unbroken_int8_chain():
         assert int8 == total > 0, layers
         reorders[name] = n
     assert reorders["explicit"] < reorders["ops"], reorders
+
+
+def test_int8_ranking_times_pinned_openvino_twins_and_builds_the_winner(monkeypatch):
+    """Every lower-precision OpenVINO survivor gets a pinned twin in the separate-process ranking (same graph, same
+    accuracy); when a twin wins, the returned engine is really compiled pinned and computes the same outputs."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import importlib
+
+    opt_mod = importlib.import_module("edgezoo.deploy.optimize")
+    prec_mod = importlib.import_module("edgezoo.deploy.precision")
+    seen: dict[str, dict] = {}
+    real = opt_mod.time_in_processes
+
+    def fake_separate(runners, example, **kwargs):
+        if not any(k.startswith("int8") for k in runners):
+            return real(runners, example, **{**kwargs, "repeats": 1, "block": 1, "gap_s": 0.0})
+        seen["isolate"] = {k: getattr(r, "isolate", None) for k, r in runners.items()}
+        return {k: (0.5 if k == "int8/openvino-qdq/pinned" else 1.0) for k in runners}
+
+    monkeypatch.setattr(opt_mod, "time_in_processes", fake_separate)
+    built = []
+    real_ov_runner = prec_mod._ov_runner
+    monkeypatch.setattr(prec_mod, "_ov_runner", lambda *a, **k: built.append(k.get("pinned", False)) or real_ov_runner(*a, **k))
+    model, x = _tiny_convnet(), torch.randn(1, 3, 16, 16)
+    calib = torch.randn(40, 3, 16, 16)
+    engine = prec_mod.optimize_precision(model, x, "int8", calib=calib, max_drop=None, threads=1, repeats=1, block=1,
+                                         int8_engines=["openvino-qdq", "onnxruntime-qdq"])
+    iso = seen["isolate"]
+    assert iso["int8/openvino-qdq/pinned"]["pinned"] is True and not iso["int8/openvino-qdq"].get("pinned")
+    assert "int8/onnxruntime-qdq/pinned" not in iso  # only OpenVINO has the setting
+    assert engine.variant == "int8/openvino-qdq/pinned" and engine.backend == "openvino"
+    assert built[-1] is True  # the winner was compiled pinned, not the unpinned engine reused
+    assert engine.report()["openvino_cpu_pinning"] is True
+    names = [c.name for c in engine.candidates]
+    assert names.count("int8/openvino-qdq/pinned") == 1
+    twin = next(c for c in engine.candidates if c.name == "int8/openvino-qdq/pinned")
+    assert twin.int8_layers and twin.status == "chosen"
+    with torch.no_grad():
+        ref = next(c for c in engine.candidates if c.name == "int8/openvino-qdq")
+        assert ref.status == "kept"
+        out = engine(x)
+    assert out.shape == (1, 10) and torch.isfinite(out).all()

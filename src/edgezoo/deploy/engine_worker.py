@@ -11,7 +11,9 @@ a worker costs the engine's own import and compile (about a second), not PyTorch
 (``"onnxruntime"`` or ``"openvino"``), ``path`` (an ``.onnx`` file or OpenVINO IR ``.xml``), ``shape``,
 ``threads`` and, for OpenVINO, ``pinned`` and ``hint`` (the inference precision). The worker builds the engine,
 makes a few warm-up calls on a fixed random input and prints ``ready``; then, for each line ``time N`` on stdin,
-it runs ``N`` back-to-back calls and prints the median milliseconds; ``quit`` (or end of input) ends it.
+it makes one untimed call (it wakes the engine's sleeping thread pool and refills the caches the other workers'
+turns evicted), runs ``N`` timed back-to-back calls and prints their median milliseconds; ``quit`` (or end of
+input) ends it.
 
 The two settings helpers below are also what :mod:`edgezoo.deploy.optimize` and :mod:`edgezoo.deploy.export`
 use in-process, so an engine timed here is configured exactly like the one ``optimize`` returns.
@@ -99,6 +101,7 @@ def main(argv: list[str]) -> int:
         cmd = line.split()
         if not cmd or cmd[0] != "time":
             break
+        run()  # untimed: wake-up and cache refill after the pause between turns
         times = []
         for _ in range(int(cmd[1])):
             start = time.perf_counter()

@@ -51,7 +51,10 @@ _PER_SHAPE = ("onnxruntime", "openvino", *MOBILE_BACKENDS)  # engines compiled f
 PARITY_TOL = 1e-3
 TIE_MARGIN = 0.10  # candidates this close to the fastest are timed again before one is chosen
 ISOLATE_MARGIN = 0.5  # candidates this close to the fastest in-process are ranked again, each in its own process
-ISOLATION_GAP_S = 0.02  # pause before each turn in time_in_processes: longer than the engines' spin-wait
+# pause before each turn in time_in_processes. It must outlast the previous engine's spin-wait: ONNX Runtime's
+# pool (spinning on, its default) burns 30-40 ms of CPU within 50-200 ms after a call (measured at 2 threads on
+# the 2-core host), and with a 20 ms pause OpenVINO int8 engines measured up to 1.4x slower next to it than alone.
+ISOLATION_GAP_S = 0.2
 PINNED_OPENVINO = "openvino/pinned"  # OpenVINO with ENABLE_CPU_PINNING, tried alongside the default configuration
 Runner = Callable[[Tensor], Tensor]
 
@@ -141,8 +144,8 @@ def time_in_processes(
     its settings); each of those is rebuilt by :mod:`edgezoo.deploy.engine_worker` in a fresh process. The
     others (eager, compile, the phone runtimes) are timed here, in this process, whose ONNX Runtime and OpenVINO
     pools are idle by then. Turns alternate as in :func:`time_interleaved` (``repeats`` rounds, a new seeded
-    order each, ``block`` back-to-back calls a turn, median per turn, median of turns), with a ``gap_s`` pause
-    before every turn so the previous engine's spinning threads have gone idle. Workers start together (their
+    order each, one untimed call then ``block`` timed back-to-back calls a turn, median per turn, median of
+    turns), with a ``gap_s`` pause before every turn so the previous engine's spinning threads have gone idle. Workers start together (their
     builds are not timed) and cost about a second each. Returns ``None`` when a worker cannot start (e.g. no
     writable temp folder): the caller then keeps its in-process measurement.
     """
@@ -195,6 +198,7 @@ def time_in_processes(
                             return None
                         samples[key].append(float(line))
                     else:
+                        local[key](example)  # untimed, as the workers do: wake-up and cache refill
                         turn = []
                         for _ in range(block):
                             start = time.perf_counter()
