@@ -49,12 +49,12 @@ FAMILY_MODELS = {
     "vit": "vit_tiny_patch16_224",
     "mlp_mixer": "mixer_s32_224",
 }
-# "(timm,pinned)": the same OpenVINO engine with ENABLE_CPU_PINNING, which optimize() also tries for its own
+# "-pinned(timm)": the same OpenVINO engine with ENABLE_CPU_PINNING, which optimize() also tries for its own
 # OpenVINO candidates; a peer a user could get with one setting, so it counts among the best peers
-CONTENDERS = ("edgezoo-int8", "edgezoo-bf16", "edgezoo-fp32", "nncf-ov(timm)", "nncf-ov(timm,pinned)", "ort-qdq(timm)",
-              "fp32-ort(timm)", "fp32-ov(timm)", "fp32-ov(timm,pinned)")
-INT8_PEERS = ("nncf-ov(timm)", "nncf-ov(timm,pinned)", "ort-qdq(timm)")
-FP32_PEERS = ("fp32-ort(timm)", "fp32-ov(timm)", "fp32-ov(timm,pinned)")
+CONTENDERS = ("edgezoo-int8", "edgezoo-bf16", "edgezoo-fp32", "nncf-ov(timm)", "nncf-ov-pinned(timm)", "ort-qdq(timm)",
+              "fp32-ort(timm)", "fp32-ov(timm)", "fp32-ov-pinned(timm)")
+INT8_PEERS = ("nncf-ov(timm)", "nncf-ov-pinned(timm)", "ort-qdq(timm)")
+FP32_PEERS = ("fp32-ort(timm)", "fp32-ov(timm)", "fp32-ov-pinned(timm)")
 HERE = Path(__file__).resolve()
 BUILD_REPEATS = 7  # optimize()'s own choice among its candidates; the comparison below is the harness's rounds
 
@@ -143,8 +143,8 @@ def build(contender: str, run: str, threads: int):
         ref = fuse(model, deploy_forms=False)
         info["note"] = f"no timm twin ({str(exc)[:60]}); built by hand on edgezoo's BN-folded model"
     calib_x, _ = _digits(meta, "train", limit=300)
-    pinned = contender.endswith(",pinned)")  # the same engine with OpenVINO's threads pinned to cores
-    contender = contender.replace(",pinned)", ")")
+    pinned = "-pinned(" in contender  # the same engine with OpenVINO's threads pinned to cores
+    contender = contender.replace("-pinned(", "(")
     if contender == "nncf-ov(timm)":
         import nncf
         import openvino as ov
@@ -335,7 +335,7 @@ def markdown(rows) -> str:
         guard = "" if (r["guard"] or "").startswith("passed") else " ✗guard"
         out += (f"| {r['family']} | {r['model']} ({r['img']}) | {f(r['fp32_top1'], 2)} | {f(r['int8_top1'], 2)} "
                 f"({r['int8_variant']}{guard}) | {f(ms.get('edgezoo-int8'))} | {f(ms.get('nncf-ov(timm)'))} "
-                f"({f(ms.get('nncf-ov(timm,pinned)'))}) | "
+                f"({f(ms.get('nncf-ov-pinned(timm)'))}) | "
                 f"{f(ms.get('ort-qdq(timm)'))} | {f(peer)} | {f(r['int8_vs_best_int8_peer'], 2)}× | "
                 f"{f(r['speedup_vs_best_fp32_peer'], 2)}× | {f(ms.get('edgezoo-bf16'))} ({f(r['bf16_top1'], 2)}) | "
                 f"{f(r['fp32_vs_best_fp32_peer'], 2)}× |\n")
