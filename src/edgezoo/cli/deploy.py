@@ -416,6 +416,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     written = engine.save(out)
     _print_precision_table(engine, args.target)
     print(f"chosen: {engine.variant} ({engine.reason})")
+    if engine.openvino_config:  # the artifact runs as measured only when compiled with these settings
+        print("compile it with OpenVINO properties " + ", ".join(f"{k}={v}" for k, v in engine.openvino_config.items()))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -425,7 +427,7 @@ def _print_precision_table(engine: Any, title: str) -> None:
 
     from .._console import table_console
 
-    table = Table(title=f"{title}: candidates (batch 1, {engine.threads} threads; latency = interleaved median)")
+    table = Table(title=f"{title}: candidates (batch 1, {engine.threads} threads; latency = median of alternating turns)")
     for c in ("candidate", "ms", "×fp32", "top-1 %", "agree %", "status", "why"):
         table.add_column(c, justify="left" if c in ("candidate", "status", "why") else "right")
     ref = next((c.latency_ms for c in engine.candidates if c.precision == "fp32" and c.latency_ms), None)
