@@ -140,7 +140,7 @@ def test_search_reuses_another_runs_supernet(run_dir: Path, tmp_path: Path, caps
 
 
 def test_supernet_resume_gives_the_same_weights(tmp_path: Path) -> None:
-    from edgezoo.search.supernet_train import SearchData, SupernetConfig, train_supernet
+    from edgezoo.search.supernet_train import SearchData, SupernetConfig, read_supernet_run, train_supernet
 
     space = dataclasses.replace(TINY, resolutions=(16,))
     cfg = SupernetConfig(out=str(tmp_path / "a"), epochs=2, progress=False, calib_images=32)
@@ -149,7 +149,14 @@ def test_supernet_resume_gives_the_same_weights(tmp_path: Path) -> None:
     cfg_b = dataclasses.replace(cfg, out=str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
         train_supernet(cfg_b, space, data=data, stop_after_epoch=1)
+    # a killed supernet cannot be reused by another search (edgezoo search --supernet) until it is finished
+    with pytest.raises(ValueError, match="holds no trained supernet"):
+        read_supernet_run(cfg_b.out, space)
     resumed, _, summary = train_supernet(cfg_b, space, resume=True, data=data)
+    saved_cfg, saved = read_supernet_run(cfg_b.out, space)
+    assert saved_cfg == dataclasses.replace(cfg_b, out=saved_cfg.out) and saved["history"] == summary["history"]
+    with pytest.raises(ValueError, match="another search space"):
+        read_supernet_run(cfg_b.out, dataclasses.replace(space, version=2))
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
