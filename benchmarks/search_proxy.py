@@ -4,8 +4,10 @@ Picks ``--n`` architectures of the search space spanning its predicted-latency r
 latency, taken at evenly spaced quantiles), retrains each from scratch with ``edgezoo train --arch`` (the digits
 recipe, ``--epochs``), evaluates the final weights on the held-out split, and compares with the same
 architectures' accuracy and loss on the search split with weights inherited from a trained supernet (BatchNorm
-re-estimated), reporting Kendall's tau. Retraining is resumable (results are saved after every architecture), and
-does not need the supernet, so it can run while the supernet trains:
+re-estimated), reporting Kendall's tau. With ``--seeds N`` every architecture is retrained with seeds 0..N-1 and
+the ground truth is the mean over seeds (one 8-epoch retrain varies by several points from seed to seed).
+Retraining is resumable (results are saved after every retrain; ``--minutes`` stops starting new ones after that
+long), and does not need the supernet, so it can run while the supernet trains:
 
     PYTHONPATH=src python benchmarks/search_proxy.py --work /tmp/proxy --retrain           # phase 1
     PYTHONPATH=src python benchmarks/search_proxy.py --work /tmp/proxy --supernet RUN      # phase 2 (RUN: a search run)
@@ -35,11 +37,21 @@ def pick_subnets(space, n: int, seed: int, hardware: str):
     return [(ranked[i], pred.predict_ms(space.to_config(ranked[i]), ranked[i].resolution)) for i in idx]
 
 
+def _mean_over_seeds(a: dict) -> None:
+    """The ground truth of one architecture: top-1 and loss averaged over its retrain seeds."""
+    runs = list(a.get("retrained_runs", {}).values())
+    if runs:
+        a.update(retrained_top1=sum(r["top1"] for r in runs) / len(runs),
+                 retrained_loss=sum(r["loss"] for r in runs) / len(runs), retrained_seeds=len(runs))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True)
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=8, help="retraining epochs per architecture")
+    ap.add_argument("--seeds", type=int, default=1, help="retraining seeds per architecture (ground truth: their mean)")
+    ap.add_argument("--minutes", type=float, default=None, help="phase 1: start no retrain after this many minutes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hardware", default="phone_cpu")
     ap.add_argument("--retrain", action="store_true", help="phase 1: retrain the architectures from scratch")
@@ -68,26 +80,42 @@ def main() -> None:
             results["archs"].append({"subnet": s.to_dict(), "arch": s.describe(), "latency_ms": lat})
         atomic_write_bytes(res_path, json.dumps(results, indent=1).encode())
 
+    for a in results["archs"]:  # results saved before --seeds: their one retrain was seed 0
+        if "retrained_top1" in a and "retrained_runs" not in a:
+            a["retrained_runs"] = {"0": {"top1": a["retrained_top1"], "loss": a["retrained_loss"],
+                                         "seconds": a.get("retrain_s")}}
+
     if args.retrain:
         from edgezoo.train import build_config, evaluate_checkpoint, train
 
-        for i, a in enumerate(results["archs"]):
-            if "retrained_top1" in a:
+        t_start = time.perf_counter()
+        jobs = [(seed, i) for seed in range(args.seeds) for i in range(len(results["archs"]))]  # seed-major
+        for seed, i in jobs:
+            a = results["archs"][i]
+            runs = a.setdefault("retrained_runs", {})
+            if str(seed) in runs:
                 continue
+            if args.minutes is not None and time.perf_counter() - t_start > 60 * args.minutes:
+                print(f"--minutes {args.minutes:g} reached: stopping (rerun to continue)", flush=True)
+                break
             s = Subnet.from_dict(a["subnet"])
             spec = make_arch_spec(space.to_config(s), name=f"proxy-{i}", img_size=s.resolution,
                                   space=space.identity())
             d = work / f"arch{i:02d}"
             save_arch_spec(spec, d / "arch.yaml")
+            run = d / ("run" if seed == 0 else f"run-seed{seed}")
             t0 = time.perf_counter()
-            resume = (d / "run" / "state.pt").is_file()
-            train(build_config({"model": str(d / "arch.yaml"), "out": str(d / "run"), "epochs": args.epochs,
-                                "progress": False, "resume": resume}))
-            ev = evaluate_checkpoint(d / "run" / "last.safetensors", "digits")
-            a.update(retrained_top1=ev["top1"], retrained_loss=ev["loss"], retrain_s=time.perf_counter() - t0)
+            resume = (run / "state.pt").is_file()
+            train(build_config({"model": str(d / "arch.yaml"), "out": str(run), "epochs": args.epochs,
+                                "progress": False, "resume": resume, "seed": seed}))
+            ev = evaluate_checkpoint(run / "last.safetensors", "digits")
+            runs[str(seed)] = {"top1": ev["top1"], "loss": ev["loss"], "seconds": time.perf_counter() - t0}
+            _mean_over_seeds(a)
             atomic_write_bytes(res_path, json.dumps(results, indent=1).encode())
-            print(f"{i}: {a['arch']}  {a['latency_ms']:.3f} ms  retrained top-1 {ev['top1']:.2f}% loss "
-                  f"{ev['loss']:.4f}  ({a['retrain_s']:.0f}s)", flush=True)
+            print(f"{i} seed {seed}: {a['arch']}  {a['latency_ms']:.3f} ms  retrained top-1 {ev['top1']:.2f}% loss "
+                  f"{ev['loss']:.4f}  ({runs[str(seed)]['seconds']:.0f}s)", flush=True)
+    for a in results["archs"]:
+        _mean_over_seeds(a)
 
     if args.supernet:
         import yaml
@@ -128,7 +156,8 @@ def main() -> None:
             t_lat = kendalltau([a["latency_ms"] for a in done], [a["retrained_top1"] for a in done])
             results["kendall_tau"] = {"top1": t_acc.statistic, "top1_p": t_acc.pvalue, "loss": t_loss.statistic,
                                       "loss_p": t_loss.pvalue, "latency_vs_retrained_top1": t_lat.statistic,
-                                      "n": len(done)}
+                                      "n": len(done), "seeds": sorted({a["retrained_seeds"] for a in done}),
+                                      "supernet": str(args.supernet)}
             print(json.dumps(results["kendall_tau"]))
         atomic_write_bytes(res_path, json.dumps(results, indent=1).encode())
         for a in results["archs"]:

@@ -62,3 +62,43 @@ def test_latency_predictor_harness_runs(tmp_path, monkeypatch):
     assert res["calibration_models"] == ["mobilenetv3_small_050@64", "mobilenetv1_025@64"] and res["correction"]
     assert all(r["table_raw_ms"] > 0 and r["features"]["unit"] >= 1 for r in res["rows"])
     assert 0.0 <= res["table_within_10pct"] <= 1.0
+
+
+def test_search_quality_targets_random_archs_plan_and_summary():
+    from edgezoo.models.mobilenet_v4 import CONV_SMALL
+    from edgezoo.search.pipeline import make_latency_predictor, scale_config
+    from edgezoo.search.space import DIGITS_SPACE
+
+    module = _load("search_quality")
+    base, target = module.target_for(0.75, "phone_cpu", 0.05)
+    assert base == pytest.approx(make_latency_predictor("phone_cpu").predict_ms(scale_config(CONV_SMALL, 0.75), 64))
+    assert target == pytest.approx(base * 1.05, abs=1e-6)
+    archs = module.random_subnets(DIGITS_SPACE, 4, target, "phone_cpu", seed=3)
+    assert len({s.key() for s, _ in archs}) == 4 and all(ms <= target for _, ms in archs)
+    with pytest.raises(ValueError, match="random subnets met"):
+        module.random_subnets(DIGITS_SPACE, 2, 1e-6, "phone_cpu", seed=3)
+    jobs = module.plan([0.5, 1.0], seeds=2, n_random=2, random_seeds=1)
+    assert jobs[:4] == [("found", 0.5, 0, 0), ("baseline", 0.5, 0, 0), ("found", 1.0, 0, 0), ("baseline", 1.0, 0, 0)]
+    assert len(jobs) == 2 * 2 * 2 + 2 * 2 and jobs[-1][0] == "random"
+
+    def run(top1):
+        return {"top1": top1, "loss": 0.1}
+
+    results = {"targets": {"0.5": {
+        "target_ms": 0.2, "baseline_ms": 0.19,
+        "found": {"arch": "f", "latency_ms": 0.18, "runs": {"0": run(96.0), "1": run(98.0)}},
+        "baseline": {"arch": "b", "latency_ms": 0.19, "runs": {"0": run(95.0)}},
+        "random": [{"arch": "r0", "latency_ms": 0.1, "runs": {"0": run(90.0)}},
+                   {"arch": "r1", "latency_ms": 0.15, "runs": {"0": run(97.5)}},
+                   {"arch": "r2", "latency_ms": 0.17, "runs": {}}]}}}
+    (row,) = module.summarize(results)
+    assert row["found"]["mean_top1"] == 97.0 and row["found"]["std_top1"] == pytest.approx(2 ** 0.5)
+    assert row["baseline"]["n"] == 1 and row["baseline"]["std_top1"] is None
+    assert row["random"]["n"] == 2 and row["random"]["best_top1"] == 97.5 and row["random"]["best_arch"] == "r1"
+
+
+def test_search_proxy_ground_truth_is_the_mean_over_seeds():
+    module = _load("search_proxy")
+    a = {"retrained_runs": {"0": {"top1": 90.0, "loss": 0.3}, "1": {"top1": 94.0, "loss": 0.1}}}
+    module._mean_over_seeds(a)
+    assert a["retrained_top1"] == 92.0 and a["retrained_loss"] == pytest.approx(0.2) and a["retrained_seeds"] == 2

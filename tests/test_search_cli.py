@@ -101,6 +101,13 @@ def test_cli_errors_are_one_line_and_exit_2(run_dir: Path, tmp_path: Path, capsy
     dataclasses.replace(TINY, version=2).save(v2)
     check(["search", "--space", v2, "--hardware", "phone_cpu", "--target-ms", "0.004", "--out", run_dir, "--resume",
            "--no-progress"], "version 1", "version 2")
+    # reusing a supernet: a folder without one, one of another space, and a teacher for a supernet not trained
+    check(base + ["--hardware", "phone_cpu", "--target-ms", "0.004", "--supernet", tmp_path],
+          "holds no trained supernet", "supernet.safetensors")
+    check(["search", "--space", v2, "--hardware", "phone_cpu", "--target-ms", "0.004", "--out", tmp_path / "r2",
+           "--supernet", run_dir, "--no-progress"], "another search space", "version 2")
+    check(base + ["--hardware", "phone_cpu", "--target-ms", "0.004", "--supernet", run_dir, "--teacher-checkpoint",
+                  run_dir], "not both")
     # weights that do not belong to the spec
     from edgezoo.models.arch_spec import make_arch_spec, save_arch_spec
     from edgezoo.models.mobilenet_v4 import CONV_SMALL
@@ -110,8 +117,30 @@ def test_cli_errors_are_one_line_and_exit_2(run_dir: Path, tmp_path: Path, capsy
           "does not match")
 
 
+def test_search_reuses_another_runs_supernet(run_dir: Path, tmp_path: Path, capsys) -> None:
+    space = TINY.save(tmp_path / "space.yaml")
+    out = tmp_path / "reuse"
+    argv = ["search", "--space", str(space), "--hardware", "phone_cpu", "--target-ms", "0.004", "--out", str(out),
+            "--retrain-epochs", "1", "--budget", "6", "--no-progress", "--json"]
+    assert main([*argv, "--supernet", str(run_dir)]) == 0
+    capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    first = json.loads((run_dir / "report.json").read_text())
+    assert report["supernet"]["from"] == str(run_dir.resolve()) and report["supernet"]["epochs"] == 1
+    assert not (out / "supernet.safetensors").exists() and not (out / "supernet_state.pt").exists()
+    # the same supernet, search split and seeded search: the same architecture with the same search-split scores
+    assert report["arch"] == first["arch"]
+    assert report["search_top1"] == first["search_top1"] and report["search_loss"] == first["search_loss"]
+    # a reusing run resumes only as it was started
+    assert main([*argv, "--supernet", str(run_dir), "--resume"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "resume it as it was started" in err, err
+
+
 def test_supernet_resume_gives_the_same_weights(tmp_path: Path) -> None:
-    from edgezoo.search.supernet_train import SearchData, SupernetConfig, train_supernet
+    from edgezoo.search.supernet_train import SearchData, SupernetConfig, read_supernet_run, train_supernet
 
     space = dataclasses.replace(TINY, resolutions=(16,))
     cfg = SupernetConfig(out=str(tmp_path / "a"), epochs=2, progress=False, calib_images=32)
@@ -120,7 +149,14 @@ def test_supernet_resume_gives_the_same_weights(tmp_path: Path) -> None:
     cfg_b = dataclasses.replace(cfg, out=str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
         train_supernet(cfg_b, space, data=data, stop_after_epoch=1)
+    # a killed supernet cannot be reused by another search (edgezoo search --supernet) until it is finished
+    with pytest.raises(ValueError, match="holds no trained supernet"):
+        read_supernet_run(cfg_b.out, space)
     resumed, _, summary = train_supernet(cfg_b, space, resume=True, data=data)
+    saved_cfg, saved = read_supernet_run(cfg_b.out, space)
+    assert saved_cfg == dataclasses.replace(cfg_b, out=saved_cfg.out) and saved["history"] == summary["history"]
+    with pytest.raises(ValueError, match="another search space"):
+        read_supernet_run(cfg_b.out, dataclasses.replace(space, version=2))
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)

@@ -31,7 +31,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         resume=args.resume, space=space, strategy=args.strategy, budget=args.budget,
         supernet_epochs=args.supernet_epochs, retrain_epochs=args.retrain_epochs,
         latency_source=args.latency_source, table=args.table, reward=args.reward, seed=args.seed,
-        progress=not (args.no_progress or args.json), teacher_checkpoint=args.teacher_checkpoint, log=(lambda m: None) if args.json else print,
+        progress=not (args.no_progress or args.json), teacher_checkpoint=args.teacher_checkpoint,
+        supernet_from=args.supernet, log=(lambda m: None) if args.json else print,
     )
     if args.json:
         print(json.dumps({k: report[k] for k in ("hardware", "target_ms", "predicted_latency_ms", "top1", "arch",
@@ -104,6 +105,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--table", default=None, help="latency table JSON (for --latency-source table/corrected)")
     p.add_argument("--teacher-checkpoint", default=None,
                    help="a run trained on the same data (edgezoo train) that teaches the supernet's largest subnet")
+    p.add_argument("--supernet", default=None, metavar="RUN",
+                   help="reuse the trained supernet of another search run (same space and data) instead of training "
+                        "one: one supernet, many targets or devices")
     p.add_argument("--seed", type=int, default=0, help="random seed for the split, sampling and training")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

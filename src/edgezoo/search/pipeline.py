@@ -7,7 +7,8 @@ Outputs in the run directory::
     report.json           hardware, target_ms, predicted_latency_ms, top1 (percent, held-out split), costs, ...
     pareto.png            search accuracy vs predicted latency, the Pareto front, the choice and zoo models
     search.json           every architecture evaluated (inherited search-split accuracy/loss, latency)
-    supernet.safetensors  the trained supernet; supernet_state.pt its resumable state
+    supernet.safetensors  the trained supernet; supernet_state.pt its resumable state (absent when the run reuses
+                          another run's supernet: ``supernet_from``, ``edgezoo search --supernet RUN``)
     retrain-<id>/         the winner's training run (edgezoo train layout), one folder per architecture
 
 Every phase resumes: the supernet from its last finished epoch, the search from ``search.json`` (it is cheap and
@@ -15,6 +16,7 @@ deterministic given the supernet), the retraining through the training engine's 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -93,15 +95,18 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
                strategy: str = "two-stage", budget: int = 96, supernet_epochs: int = 24,
                retrain_epochs: int | None = None, latency_source: str = "roofline", table: str | None = None,
                reward: str = "hard", w: float = MNASNET_W, num_random: int = 2, seed: int = 0, progress: bool = True,
-               teacher_checkpoint: str | None = None,
+               teacher_checkpoint: str | None = None, supernet_from: str | Path | None = None,
                latency_fn: Callable[[Any, int], float] | None = None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the whole search; returns the report written to ``out/report.json``.
 
     ``latency_fn(config, img_size) -> ms`` replaces the hardware's predictor when given (any callable works);
     ``teacher_checkpoint`` (a run trained on the same data) teaches the supernet's largest subnet.
+    ``supernet_from`` (another finished search run of the same space and data) reuses that run's trained supernet
+    and its search split instead of training one: one supernet serves searches for many targets and devices.
     """
-    from .supernet_train import SearchData, SupernetConfig, evaluate_subnet, train_supernet
+    from .supernet_train import (SearchData, SupernetConfig, evaluate_subnet, load_supernet, read_supernet_run,
+                                 train_supernet)
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -115,6 +120,18 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
     if minutes is not None and not minutes > 0:
         raise ValueError(f"minutes must be > 0, got {minutes!r}")
 
+    donor_cfg = None
+    if supernet_from is not None:
+        if teacher_checkpoint is not None:
+            raise ValueError("supernet_from reuses a trained supernet and teacher_checkpoint teaches one being trained; "
+                             "pass one of them, not both")
+        if Path(supernet_from).resolve() == out.resolve():
+            raise ValueError(f"supernet_from {str(supernet_from)!r} is the run's own --out; to continue a run use "
+                             "resume")
+        donor_cfg, donor_summary = read_supernet_run(supernet_from, space)
+        if donor_cfg.data != data:
+            raise ValueError(f"the supernet in {str(supernet_from)!r} was trained on data {donor_cfg.data!r}, not "
+                             f"{data!r}")
     predictor = make_latency_predictor(hardware, latency_source, table)
     if latency_fn is not None:
         class _Given:
@@ -133,6 +150,8 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
 
     run_path = out / RUN_FILE
     settings = {"data": data, "space": space.identity(), "seed": seed, "num_random": num_random}
+    if supernet_from is not None:
+        settings["supernet_from"] = str(Path(supernet_from).resolve())
     if resume and run_path.is_file():
         saved = json.loads(run_path.read_text())
         if saved["settings"]["space"] != settings["space"]:
@@ -141,6 +160,10 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
                              f"(hash {old['hash']}), not {space.name!r} version {space.version} (hash {space.hash})")
         if saved["settings"]["data"] != data:
             raise ValueError(f"the run in {str(out)!r} searched on data {saved['settings']['data']!r}, not {data!r}")
+        if saved["settings"].get("supernet_from") != settings.get("supernet_from"):
+            raise ValueError(f"the run in {str(out)!r} used the supernet of "
+                             f"{saved['settings'].get('supernet_from') or 'its own training'}, not "
+                             f"{settings.get('supernet_from') or 'its own training'}; resume it as it was started")
         supernet_epochs = int(saved["supernet_epochs"])
     elif not resume and run_path.is_file():
         raise ValueError(f"--out {str(out)!r} already holds a search run; pass --resume or choose another --out")
@@ -148,11 +171,15 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
     if resume and (out / "arch.yaml").is_file():
         _check_spec_space(out / "arch.yaml", space)
 
-    sn_cfg = SupernetConfig(data=data, out=str(out), epochs=supernet_epochs, num_random=num_random, seed=seed,
-                            progress=progress, teacher_checkpoint=teacher_checkpoint)
+    if donor_cfg is not None:  # the donor's split and calibration images: scored on images it never trained on
+        sn_cfg = dataclasses.replace(donor_cfg, out=str(out), progress=progress)
+        supernet_epochs = donor_cfg.epochs
+    else:
+        sn_cfg = SupernetConfig(data=data, out=str(out), epochs=supernet_epochs, num_random=num_random, seed=seed,
+                                progress=progress, teacher_checkpoint=teacher_checkpoint)
     sdata = SearchData(sn_cfg, space)
     if not run_path.is_file():
-        if minutes is not None:
+        if minutes is not None and donor_cfg is None:
             supernet_epochs = _estimate_epochs(space, minutes, sn_cfg.batch_size, len(sdata.train), num_random,
                                                supernet_epochs)
             sn_cfg.epochs = supernet_epochs
@@ -163,7 +190,14 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
 
     # 1. supernet
     t0 = time.perf_counter()
-    net, sdata, sn_summary = train_supernet(sn_cfg, space, resume=resume, data=sdata, log=log)
+    if donor_cfg is not None:
+        net = load_supernet(supernet_from, space, len(sdata.classes), kernel_transform=donor_cfg.kernel_transform)
+        sn_summary = {**donor_summary, "train_images": len(sdata.train), "search_images": sdata.num_search,
+                      "params": sum(p.numel() for p in net.parameters()), "from": settings["supernet_from"]}
+        log(f"supernet: reusing {settings['supernet_from']} ({donor_cfg.epochs} epochs, trained in "
+            f"{donor_summary['seconds']:.0f}s)")
+    else:
+        net, sdata, sn_summary = train_supernet(sn_cfg, space, resume=resume, data=sdata, log=log)
     supernet_s = time.perf_counter() - t0
 
     # 2. search (cached in search.json for this target / hardware / source / strategy)
@@ -269,7 +303,8 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
         "seconds": {"supernet": round(supernet_s, 1), "search": round(search_s, 1), "retrain": round(retrain_s, 1),
                     "total": round(time.perf_counter() - t_start, 1)},
         "retrain_dir": retrain_dir.name,
-        "supernet": {k: sn_summary[k] for k in ("epochs", "seconds", "train_images", "search_images", "params")},
+        "supernet": {k: sn_summary[k] for k in ("epochs", "seconds", "train_images", "search_images", "params", "from")
+                     if k in sn_summary},
         "pareto": [{"arch": c.subnet.describe(), "latency_ms": round(c.latency_ms, 5),
                     "search_top1": evals[c.subnet.key()]["top1"]} for c in pareto_front(result.history)],
         "zoo": zoo,
@@ -309,8 +344,6 @@ def zoo_points(predictor: Any, hardware: str, img_size: int = 64) -> list[dict[s
 def scale_config(config: Any, width: float) -> Any:
     """``config`` with every block's output width (and the stem) scaled by ``width`` (multiples of 8); the
     1×1 conv to 960 and the head keep their widths, as MobileNetV3's width multiplier leaves its last layers."""
-    import dataclasses
-
     from ..layers.helpers import make_divisible
 
     stages = []

@@ -261,15 +261,8 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
         if state["space_hash"] != space.hash:
             raise ValueError(f"the run in {str(out)!r} trained a supernet for another search space "
                              f"(hash {state['space_hash']}, now {space.hash})")
-        saved = dict(state["config"])
-        # a run saved before progressive shrinking existed trained the plain sandwich: resume it as such
-        saved.setdefault("progressive", False)
-        saved.setdefault("resolution_per_step", False)
-        saved.setdefault("phase_lr_restart", False)
-        saved.setdefault("zero_init_residual", False)
-        cfg = dataclasses.replace(SupernetConfig(**{k: v for k, v in saved.items()
-                                                    if k in {f.name for f in dataclasses.fields(SupernetConfig)}}),
-                                  out=cfg.out, progress=cfg.progress, device=cfg.device)
+        cfg = dataclasses.replace(_saved_config(state["config"]), out=cfg.out, progress=cfg.progress,
+                                  device=cfg.device)
     elif not resume and state_path.is_file():
         raise ValueError(f"--out {str(out)!r} already holds a supernet run; pass --resume or choose another --out")
 
@@ -409,6 +402,47 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
     return net.eval(), data, summary
 
 
+def _saved_config(saved: dict[str, Any]) -> SupernetConfig:
+    """The :class:`SupernetConfig` a state file was written with (fields unknown to this version dropped)."""
+    saved = dict(saved)
+    # a run saved before progressive shrinking existed trained the plain sandwich: read it as such
+    saved.setdefault("progressive", False)
+    saved.setdefault("resolution_per_step", False)
+    saved.setdefault("phase_lr_restart", False)
+    saved.setdefault("zero_init_residual", False)
+    names = {f.name for f in dataclasses.fields(SupernetConfig)}
+    return SupernetConfig(**{k: v for k, v in saved.items() if k in names})
+
+
+def read_supernet_run(run: str | Path, space: SearchSpace) -> tuple[SupernetConfig, dict[str, Any]]:
+    """The config and training summary of the **finished** supernet in ``run`` (a search or supernet run directory).
+
+    Lets another search reuse a trained supernet instead of training its own (``edgezoo search --supernet RUN``):
+    the supernet must belong to ``space`` (same hash) and have finished its epochs; its config fixes the data and
+    the held-out search split (``seed``, ``search_fraction``), so the reusing search scores subnets on images the
+    supernet never trained on.
+    """
+    run = Path(run)
+    weights, state_path = run / WEIGHTS_FILE, run / STATE_FILE
+    if not weights.is_file() or not state_path.is_file():
+        raise ValueError(f"supernet run {str(run)!r} holds no trained supernet (needs {WEIGHTS_FILE} and "
+                         f"{STATE_FILE}); allowed: the --out of a finished 'edgezoo search'")
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"supernet state {str(state_path)!r} could not be read: {exc}") from None
+    if state.get("space_hash") != space.hash:
+        raise ValueError(f"supernet run {str(run)!r} trained a supernet for another search space (hash "
+                         f"{state.get('space_hash')}), not {space.name!r} version {space.version} (hash {space.hash})")
+    cfg = _saved_config(state["config"])
+    if int(state["epoch"]) < cfg.epochs:
+        raise ValueError(f"the supernet in {str(run)!r} stopped after epoch {int(state['epoch'])} of {cfg.epochs}; "
+                         "finish it first (edgezoo search --resume on that run)")
+    summary = {"epochs": cfg.epochs, "seconds": round(float(state["seconds"]), 2),
+               "history": [dict(h) for h in state["history"]]}
+    return cfg, summary
+
+
 def load_supernet(out: str | Path, space: SearchSpace, num_classes: int, *, kernel_transform: bool) -> Supernet:
     """The trained supernet of a run directory."""
     from ..checkpoint import load_state_dict_file, read_safetensors_metadata
@@ -422,5 +456,5 @@ def load_supernet(out: str | Path, space: SearchSpace, num_classes: int, *, kern
     return net.eval()
 
 
-__all__ = ["PHASES", "SearchData", "SupernetConfig", "evaluate_subnet", "load_supernet", "phase_schedule", "restrict",
-           "train_supernet"]
+__all__ = ["PHASES", "SearchData", "SupernetConfig", "evaluate_subnet", "load_supernet", "phase_schedule",
+           "read_supernet_run", "restrict", "train_supernet"]
