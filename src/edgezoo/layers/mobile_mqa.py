@@ -109,43 +109,7 @@ class MobileMQA(nn.Module):
 
     def deploy_form(self) -> nn.Module:
         """Inference form for graph engines (see :func:`edgezoo.deploy.fuse`): heads folded, two plain matmuls."""
-        return _MatmulMQA(self)
-
-
-class _MatmulMQA(nn.Module):
-    """:class:`MobileMQA` for ONNX Runtime / OpenVINO: query heads folded into the rows of one attention, written
-    as ``softmax((q·scale) @ kᵀ) @ v``.
-
-    The training form's ``expand`` of K and V over the heads exports (traced) as a Shape/ConstantOfShape/Equal/
-    Where/Expand chain per tensor, and ``scaled_dot_product_attention`` as a scale multiply on both q and k; on
-    MobileNetV4-hybrid-M that was 125 more ONNX nodes than timm's graph and 1.12x its ONNX Runtime latency at
-    64 px. Keys are kept ``(B, dk, keys)`` as the 1x1 conv emits them, so no transpose precedes the first matmul.
-    """
-
-    def __init__(self, mqa: MobileMQA) -> None:
-        super().__init__()
-        self.mqa = mqa
-        self.scale = mqa.key_dim ** -0.5
-
-    def mobile_form(self) -> nn.Module:  # fuse() runs before the phone-runtime forms are applied
-        return _HeadsFoldedMQA(self.mqa)
-
-    def forward(self, x: Tensor) -> Tensor:
-        m = self.mqa
-        batch, _, height, width = x.shape
-        q = m.query_proj(m.query_norm(m.query_pool(x)))
-        q_height, q_width = q.shape[-2:]
-        rows = q_height * q_width
-        # (B, heads·dk, h, w) -> (B, heads·h·w, dk): head-major query rows
-        q = q.reshape(batch, m.num_heads, m.key_dim, rows).transpose(-1, -2).reshape(batch, m.num_heads * rows, m.key_dim)
-        k = m.key_proj(m.key_down(x)).flatten(2)  # (B, dk, keys)
-        v = m.value_proj(m.value_down(x)).flatten(2).transpose(-1, -2)  # (B, keys, dv)
-        o = torch.softmax((q * self.scale) @ k, dim=-1) @ v  # (B, heads·h·w, dv)
-        o = o.reshape(batch, m.num_heads, rows, m.value_dim).transpose(-1, -2)
-        o = o.reshape(batch, m.num_heads * m.value_dim, q_height, q_width)
-        if m.query_stride > 1:
-            o = F.interpolate(o, size=(height, width), mode="bilinear", align_corners=False)
-        return m.proj_drop(m.out_proj(o))
+        return _HeadsFoldedMQA(self, explicit_matmuls=True)
 
 
 class _HeadsFoldedMQA(nn.Module):
@@ -161,12 +125,24 @@ class _HeadsFoldedMQA(nn.Module):
     XNNPACK's LiteRT delegate refuses (one partition split per matmul); with ``heads`` as the batch it stays a
     ``BATCH_MATMUL``, which XNNPACK takes. ExecuTorch keeps the folded form: its XNNPACK partitioner does not take a
     ``cat`` of one tensor repeated, and lowers the batch-1 matmul itself.
+
+    ``explicit_matmuls`` (the form :func:`edgezoo.deploy.fuse` gives ONNX Runtime / OpenVINO) writes the attention
+    as ``softmax((q·scale) @ k) @ v`` with K kept ``(dk, keys)`` as the 1x1 conv emits it: the training form's
+    ``expand`` of K and V exports (traced) as a Shape/ConstantOfShape/Equal/Where/Expand chain per tensor and
+    ``scaled_dot_product_attention`` as a scale multiply on both q and k — on MobileNetV4-hybrid-M 248 of its 755
+    ONNX nodes (497 in this form; timm's graph: 630).
     """
 
-    def __init__(self, mqa: MobileMQA) -> None:
+    def __init__(self, mqa: MobileMQA, *, explicit_matmuls: bool = False) -> None:
         super().__init__()
         self.mqa = mqa
         self.heads_as_batch = False
+        self.explicit_matmuls = explicit_matmuls
+        self.scale = mqa.key_dim ** -0.5
+
+    def mobile_form(self) -> nn.Module:
+        """Phone runtimes take the SDPA form (:func:`edgezoo.deploy.mobile.mobile_form` runs after ``fuse``)."""
+        return _HeadsFoldedMQA(self.mqa) if self.explicit_matmuls else self
 
     def forward(self, x: Tensor) -> Tensor:
         m = self.mqa
@@ -178,11 +154,16 @@ class _HeadsFoldedMQA(nn.Module):
             return self._heads_as_batch(x, q, batch, height, width)
         # (B, heads·dk, h, w) -> (B, 1, heads·h·w, dk): head-major query rows
         q = q.reshape(batch, m.num_heads, m.key_dim, rows).transpose(-1, -2).reshape(batch, 1, m.num_heads * rows, m.key_dim)
-        k = m.key_proj(m.key_down(x)).flatten(2).transpose(-1, -2)
-        v = m.value_proj(m.value_down(x)).flatten(2).transpose(-1, -2)
-        k = k.reshape(batch, 1, k.shape[1], m.key_dim)
-        v = v.reshape(batch, 1, v.shape[1], m.value_dim)
-        o = F.scaled_dot_product_attention(q, k, v)  # (B, 1, heads·h·w, dv)
+        if self.explicit_matmuls:
+            k = m.key_proj(m.key_down(x)).reshape(batch, 1, m.key_dim, -1)  # (B, 1, dk, keys)
+            v = m.value_proj(m.value_down(x)).reshape(batch, 1, m.value_dim, -1).transpose(-1, -2)  # (B, 1, keys, dv)
+            o = torch.softmax((q * self.scale) @ k, dim=-1) @ v  # (B, 1, heads·h·w, dv)
+        else:
+            k = m.key_proj(m.key_down(x)).flatten(2).transpose(-1, -2)
+            v = m.value_proj(m.value_down(x)).flatten(2).transpose(-1, -2)
+            k = k.reshape(batch, 1, k.shape[1], m.key_dim)
+            v = v.reshape(batch, 1, v.shape[1], m.value_dim)
+            o = F.scaled_dot_product_attention(q, k, v)  # (B, 1, heads·h·w, dv)
         o = o.reshape(batch, m.num_heads, rows, m.value_dim).transpose(-1, -2)
         o = o.reshape(batch, m.num_heads * m.value_dim, q_height, q_width)
         if m.query_stride > 1:
