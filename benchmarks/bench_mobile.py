@@ -152,6 +152,11 @@ def emit(row: dict, out: str | None) -> dict:
     return row
 
 
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows :func:`emit` appended to ``path`` (JSON lines; blank lines skipped)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", default=list(DEFAULT_MODELS))
@@ -165,7 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--table", help="print the markdown tables of a JSON-lines results file and exit")
     args = p.parse_args(argv)
     if args.table:
-        print(markdown([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        print(markdown(read_rows(args.table)))
         return 0
     torch.set_num_threads(args.threads)
     runtimes = [r for r in args.runtimes.split(",") if r]

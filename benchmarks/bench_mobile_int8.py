@@ -14,7 +14,6 @@ edgezoo refuses (a known wrong result) is recorded with its reason instead of nu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from edgezoo.deploy.optimize import time_interleaved
 from edgezoo.train import load_trained_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_mobile import emit  # noqa: E402 - one JSON-lines writer for both phone-runtime harnesses
+from bench_mobile import emit, read_rows  # noqa: E402 - one JSON-lines format for both phone-runtime harnesses
 
 SUFFIX = {"tflite": ".tflite", "executorch": ".pte"}
 
@@ -106,7 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--table", help="print the markdown table of a JSON-lines results file and exit")
     args = p.parse_args(argv)
     if args.table:
-        print(markdown([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        print(markdown(read_rows(args.table)))
         return 0
     if not args.runs:
         p.error("give at least one run directory")
@@ -114,7 +113,7 @@ def main(argv=None) -> int:
     print(f"# {device_description()}", file=sys.stderr)
     done = set()
     if args.out and Path(args.out).exists():  # resume: runs already measured are skipped
-        done = {json.loads(line)["run"] for line in Path(args.out).read_text().splitlines() if line.strip()}
+        done = {row["run"] for row in read_rows(args.out)}
     with tempfile.TemporaryDirectory(prefix="edgezoo-bench-mobile-int8-") as tmp:
         for run in [r for r in args.runs if str(r) not in done]:
             try:

@@ -343,14 +343,17 @@ def markdown(rows) -> str:
 
 
 def main(argv=None) -> int:
+    from edgezoo.deploy.optimize import ISOLATION_GAP_S
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("families", nargs="*", default=list(FAMILY_MODELS), help=f"of {list(FAMILY_MODELS)}")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=3, help="digits training epochs per model (brief)")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--block", type=int, default=5)
-    p.add_argument("--gap", type=float, default=0.2,
-                   help="seconds of pause before each turn: ONNX Runtime's pool spins for 50-200 ms after a call")
+    p.add_argument("--gap", type=float, default=ISOLATION_GAP_S,
+                   help="seconds of pause before each turn (optimize()'s own pause: ONNX Runtime's pool spins for "
+                        "50-200 ms after a call)")
     p.add_argument("--runs", default="runs/bench_precision", help="where the digits runs are trained / reused")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--img-size", type=int, default=None,

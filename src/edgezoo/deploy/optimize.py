@@ -145,9 +145,9 @@ def time_in_processes(
     others (eager, compile, the phone runtimes) are timed here, in this process, whose ONNX Runtime and OpenVINO
     pools are idle by then. Turns alternate as in :func:`time_interleaved` (``repeats`` rounds, a new seeded
     order each, one untimed call then ``block`` timed back-to-back calls a turn, median per turn, median of
-    turns), with a ``gap_s`` pause before every turn so the previous engine's spinning threads have gone idle. Workers start together (their
-    builds are not timed) and cost about a second each. Returns ``None`` when a worker cannot start (e.g. no
-    writable temp folder): the caller then keeps its in-process measurement.
+    turns), with a ``gap_s`` pause before every turn so the previous engine's spinning threads have gone idle.
+    Workers start together (their builds are not timed) and cost about a second each. Returns ``None`` when a
+    worker cannot start (e.g. no writable temp folder): the caller then keeps its in-process measurement.
     """
     import json
     import select

@@ -552,13 +552,14 @@ def optimize_precision(
 
         for eng in engines:
             if eng == "openvino-nncf":
-                quantized: dict[str, Any] = {}
+                quantized: dict[str, tuple[Any, dict[str, bytes]]] = {}  # per graph: NNCF's model and its IR
 
                 def build_nncf(name: str, graph: Any, hint: str = "f32"):
-                    if name not in quantized:
-                        quantized[name] = _nncf_int8(graph, calib_x, method, transformer)
-                    q = quantized[name]
-                    return _ov_runner(q, threads, precision_hint=hint), _ov_ir_bytes(q)
+                    if name not in quantized:  # the +bf16 candidate reuses the model (only the hint differs)
+                        q = _nncf_int8(graph, calib_x, method, transformer)
+                        quantized[name] = q, _ov_ir_bytes(q)
+                    q, ir = quantized[name]
+                    return _ov_runner(q, threads, precision_hint=hint), ir
 
                 graphs = [("int8/openvino-nncf", onnx_ov)]
                 converted = _ov_from_torch(ov_form, example)  # NNCF places more int8 layers in this graph
@@ -701,10 +702,11 @@ def optimize_precision(
         reason = f"fastest {'surviving ' if precision != 'fp32' else ''}candidate: {timings[best]:.3f} ms{speed}{acc}"
     engine_backend = fp32.backend if best == fp32_name else chosen.backend
     desc = getattr(runners[best], "isolate", None) or {}
-    ov_config = ({"INFERENCE_PRECISION_HINT": desc.get("hint") or "f32", "ENABLE_CPU_PINNING": bool(desc.get("pinned"))}
+    hint = desc.get("hint") or "f32"  # optimize()'s fp32 OpenVINO engines carry no hint: they run f32
+    ov_config = ({"INFERENCE_PRECISION_HINT": hint, "ENABLE_CPU_PINNING": bool(desc.get("pinned"))}
                  if desc.get("kind") == "openvino" else {})
     if best.endswith(PINNED_SUFFIX) and best != fp32_name:  # the winner is a timing twin: build it for real
-        runners[best] = _ov_runner(desc["model"], threads, pinned=True, precision_hint=desc.get("hint") or "f32")
+        runners[best] = _ov_runner(desc["model"], threads, pinned=True, precision_hint=hint)
     return PrecisionEngine(
         backend=engine_backend, precision=chosen.precision, variant=best,
         timings_ms={k: round(v, 4) for k, v in timings.items()},
