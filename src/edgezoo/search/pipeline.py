@@ -290,6 +290,7 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
         "search_top1": evals[best.subnet.key()]["top1"],
         "search_loss": evals[best.subnet.key()]["loss"],
         "arch": best.subnet.describe(),
+        "subnet": best.subnet.to_dict(),
         "img_size": best.subnet.resolution,
         "params": train_report["params"],
         "macs": train_report["macs"],

@@ -489,8 +489,10 @@ class Subnet:
         return (self.resolution, stage_key(self.fused), tuple(stage_key(c) for c in self.stages), self.last_chs)
 
     def describe(self) -> str:
-        """One line: ``r48 | F24x1 | 32x2[3/5/e4 -/3/e2] | …``."""
-        parts = [f"r{self.resolution}", f"F{self.fused.width}x{self.fused.depth}"]
+        """One line that tells subnets apart: ``r48 | F24x1[e4] | 32x2[3/5/e4 -/3/e2] | … | L480`` (the fused
+        stage's expansions in brackets, then each UIB block's start DW / middle DW / expansion)."""
+        fused = " ".join(f"e{b.expand_ratio:g}" for b in self.fused.blocks[:self.fused.depth])
+        parts = [f"r{self.resolution}", f"F{self.fused.width}x{self.fused.depth}[{fused}]"]
         for c in self.stages:
             parts.append(f"{c.width}x{c.depth}[" + " ".join(b.describe() for b in c.blocks[:c.depth]) + "]")
         parts.append(f"L{self.last_chs}")
