@@ -121,6 +121,30 @@ def test_each_phase_gets_its_own_learning_rate_schedule(tmp_path: Path) -> None:
     assert lrs[False][1] < lrs[False][0]
 
 
+def test_lr_multiplier_scales_the_recipe_rate(tmp_path: Path) -> None:
+    from edgezoo.search.supernet_train import _saved_config
+
+    data, lrs = None, {}
+    for mult in (1.0, 3.0):
+        cfg = _cfg(tmp_path, f"m{mult}", epochs=1, phase_fractions=(1, 0, 0, 0), lr_multiplier=mult)
+        data = data or SearchData(cfg, TINY)
+        lrs[mult] = train_supernet(cfg, TINY, data=data)[2]["history"][0]["lr"]
+    assert lrs[3.0] == pytest.approx(3 * lrs[1.0])
+    # an explicit rate is used as given
+    given = {}
+    for mult in (1.0, 5.0):
+        cfg = _cfg(tmp_path, f"given{mult}", epochs=1, phase_fractions=(1, 0, 0, 0), lr=0.002, lr_multiplier=mult)
+        given[mult] = train_supernet(cfg, TINY, data=data)[2]["history"][0]["lr"]
+    assert given[5.0] == pytest.approx(given[1.0])
+    for bad in (0, -1.0, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="lr_multiplier"):
+            SupernetConfig(lr_multiplier=bad)
+    # a state saved before the multiplier existed resumes at the rate it was trained with
+    old = SupernetConfig().to_dict()
+    del old["lr_multiplier"]
+    assert _saved_config(old).lr_multiplier == 1.0
+
+
 def test_zero_init_residual_makes_later_blocks_the_identity() -> None:
     from edgezoo.search.supernet import Supernet
 
