@@ -848,6 +848,11 @@ def plot_history(report: dict[str, Any], path: Path) -> None:
                label=f"result after long fine-tune: val top-1 {report['top1']:.2f}% ({report['top1_change']:+.2f} pt)")
     ax.axvline(report["target_ms"], color="gray", ls="--", lw=1, label=f"target {report['target_ms']:.3f} ms")
     ax.axhline(report["base_top1"] - 0.5, color="C2", ls=":", lw=1, label="starting val top-1 − 0.5 pt")
+    # keep the 0.5-point line and the result off the frame: autoscaling puts the lowest of them on the axis itself
+    lo = min([*ys, report["top1"], report["base_top1"] - 0.5])
+    hi = max([*ys, report["top1"], report["base_top1"]])
+    pad = 0.08 * max(hi - lo, 0.2)
+    ax.set_ylim(lo - pad, hi + pad)
     src = report["latency_source"] + (f", {report['engine']}, {report['threads']} threads" if report.get("engine")
                                       else "")
     ax.set_xlabel(f"predicted latency on {report['hardware']} ({src}), ms")
