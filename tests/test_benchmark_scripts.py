@@ -79,7 +79,9 @@ def test_search_quality_targets_random_archs_plan_and_summary():
         module.random_subnets(DIGITS_SPACE, 2, 1e-6, "phone_cpu", seed=3)
     jobs = module.plan([0.5, 1.0], seeds=2, n_random=2, random_seeds=1)
     assert jobs[:4] == [("found", 0.5, 0, 0), ("baseline", 0.5, 0, 0), ("found", 1.0, 0, 0), ("baseline", 1.0, 0, 0)]
-    assert len(jobs) == 2 * 2 * 2 + 2 * 2 and jobs[-1][0] == "random"
+    # found + baseline x seeds x widths, random x widths, then the best random architecture's other seeds
+    assert len(jobs) == 2 * 2 * 2 + 2 * 2 + 2 and jobs[-3][0] == "random"
+    assert jobs[-2:] == [("random_best", 0.5, -1, 1), ("random_best", 1.0, -1, 1)]
 
     def run(top1):
         return {"top1": top1, "loss": 0.1}
@@ -95,6 +97,15 @@ def test_search_quality_targets_random_archs_plan_and_summary():
     assert row["found"]["mean_top1"] == 97.0 and row["found"]["std_top1"] == pytest.approx(2 ** 0.5)
     assert row["baseline"]["n"] == 1 and row["baseline"]["std_top1"] is None
     assert row["random"]["n"] == 2 and row["random"]["best_top1"] == 97.5 and row["random"]["best_arch"] == "r1"
+    # the best is picked only once every random architecture has its seed 0; then its other seeds are reported apart
+    t = results["targets"]["0.5"]
+    assert module.best_random_index(t) is None and "best_fresh_top1" not in row["random"]
+    t["random"][2]["runs"]["0"] = run(93.0)
+    t["random"][1]["runs"]["1"] = run(96.0)
+    assert module.best_random_index(t) == 1
+    (row,) = module.summarize(results)
+    assert row["random"]["best_top1"] == 97.5 and row["random"]["best_fresh_top1"] == 96.0
+    assert row["random"]["mean_top1"] == pytest.approx((90.0 + 97.5 + 93.0) / 3)  # seed-0 numbers only
 
 
 def test_search_proxy_ground_truth_is_the_mean_over_seeds():
