@@ -64,6 +64,20 @@ def random_subnets(space: Any, n: int, target_ms: float, hardware: str, seed: in
     return list(found.values())
 
 
+def random_seed(width: float) -> int:
+    """The seed the random architectures of target ``width`` are drawn with (fixed: a lost spec can be redrawn)."""
+    return 1000 + int(round(width * 100))
+
+
+def same_arch(a: str, b: str) -> bool:
+    """Whether two ``Subnet.describe()`` strings name the same architecture; results written before the fused
+    stage's expansion was part of the description lack its ``[e…]``, so that part is ignored."""
+    def bare(arch: str) -> str:
+        return re.sub(r"\[[e0-9. ]*\]", "", arch, count=1)
+
+    return bare(a) == bare(b)
+
+
 def retrain(spec: Path, out: Path, seed: int, epochs: int | None) -> dict[str, Any]:
     """Train ``spec`` from scratch (resuming a killed run), evaluate the final weights on the held-out split."""
     from edgezoo.train import build_config, evaluate_checkpoint, train
@@ -219,20 +233,17 @@ def main() -> None:
             # drawn with a fixed seed: an earlier --work's specs are rewritten here when they are gone
             old = t.setdefault("random", [])
             for i, (s, ms) in enumerate(random_subnets(space, args.random, target, args.hardware,
-                                                       seed=1000 + int(round(w * 100)))):
+                                                       seed=random_seed(w))):
                 rspec = work / f"w{w}" / f"random{i:02d}.yaml"
                 save_arch_spec(make_arch_spec(space.to_config(s), name=f"random{i:02d}", img_size=s.resolution,
                                               space=space.identity()), rspec)
                 if i < len(old):
-                    # results written before the fused stage's expansion was part of the description lack "[e…]"
-                    def bare(arch: str) -> str:
-                        return re.sub(r"\[[e0-9. ]*\]", "", arch, count=1)
-
-                    if bare(s.describe()) != bare(old[i]["arch"]):
+                    if not same_arch(s.describe(), old[i]["arch"]):
                         raise SystemExit(f"w {w}: random architecture {i} is not the one in {res_path}")
                     old[i].update(arch=s.describe(), subnet=s.to_dict(), spec=str(rspec))
                     continue
-                t["random"].append({"arch": s.describe(), "subnet": s.to_dict(), "latency_ms": ms, "spec": str(rspec), "runs": {}})
+                t["random"].append({"arch": s.describe(), "subnet": s.to_dict(), "latency_ms": ms,
+                                    "spec": str(rspec), "runs": {}})
     save()
 
     # the searches (each retrains its winner with seed 0, the same recipe)

@@ -6,8 +6,8 @@ Two ground truths are reused, nothing is retrained here:
 * ``benchmarks/results/search_proxy.json``: 12 architectures spanning the space's latency range, each retrained
   with 3 seeds for 8 epochs (``benchmarks/search_proxy.py --retrain --seeds 3``);
 * ``benchmarks/results/search_quality.json``: the 10 random architectures of each of its 3 latency targets (30 in
-  all), retrained once for the recipe's 16 epochs (``benchmarks/search_quality.py``); they are redrawn from the
-  harness's fixed seeds and checked against the saved descriptions.
+  all), retrained once for the recipe's 16 epochs (``benchmarks/search_quality.py``), read from their saved
+  ``subnet``.
 
 Each variant trains into ``--work/NAME`` (resumable) and its scores go to ``--out`` (default
 ``benchmarks/results/search_supernet_sweep.json``); ``--score-only`` rescores supernets already trained::
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,12 +30,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-def ground_truths(space: Any) -> dict[str, list[tuple[Any, float, float]]]:
+def ground_truths() -> dict[str, list[tuple[Any, float, float]]]:
     """``{set name: [(subnet, retrained top-1, retrained loss), ...]}`` from the two saved studies."""
     from edgezoo.search.space import Subnet
-
-    sys.path.insert(0, str(HERE))
-    from search_quality import random_subnets
 
     proxy = json.loads((HERE / "results" / "search_proxy.json").read_text())
     quality = json.loads((HERE / "results" / "search_quality.json").read_text())
@@ -46,19 +41,13 @@ def ground_truths(space: Any) -> dict[str, list[tuple[Any, float, float]]]:
         runs = list(a["retrained_runs"].values())
         sets["proxy_12x3seeds_8ep"].append((Subnet.from_dict(a["subnet"]), statistics.fmean(r["top1"] for r in runs),
                                             statistics.fmean(r["loss"] for r in runs)))
-
-    def bare(arch: str) -> str:  # descriptions saved before the fused expansion was part of them
-        return re.sub(r"\[[e0-9. ]*\]", "", arch, count=1)
-
-    hardware = quality["setting"]["hardware"]
     for key, t in sorted(quality["targets"].items(), key=lambda kv: float(kv[0])):
-        drawn = random_subnets(space, len(t["random"]), t["target_ms"], hardware,
-                               seed=1000 + int(round(float(key) * 100)))
-        for a, (s, _) in zip(t["random"], drawn):
-            if bare(s.describe()) != bare(a["arch"]):
-                raise SystemExit(f"w {key}: redrawn random architecture {s.describe()} is not {a['arch']}")
+        for a in t["random"]:
+            if "subnet" not in a:
+                raise SystemExit(f"w {key}: {a['arch']} has no saved subnet; rerun benchmarks/search_quality.py once "
+                                 "(it redraws and saves them)")
             seed0 = a["runs"]["0"]  # one seed for all of them (the best one has more: not mixed in)
-            sets["random_30x1seed_16ep"].append((s, seed0["top1"], seed0["loss"]))
+            sets["random_30x1seed_16ep"].append((Subnet.from_dict(a["subnet"]), seed0["top1"], seed0["loss"]))
     return sets
 
 
@@ -108,7 +97,7 @@ def main() -> None:
         raise SystemExit("training takes one --name (several only with --score-only)")
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.is_file() else {"space": space.identity(), "variants": {}}
-    sets = ground_truths(space)
+    sets = ground_truths()
     for name in args.name:
         run = Path(args.work) / name
         if not args.score_only:
@@ -123,7 +112,6 @@ def main() -> None:
             train_supernet(cfg, space, resume=(run / STATE_FILE).is_file(), log=lambda _m: None)
             print(f"{name}: trained in {time.perf_counter() - t0:.0f} s wall", flush=True)
         r = score(run, space, sets)
-        r["load_average"] = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else None
         results["variants"][name] = r
         atomic_write_bytes(out_path, (json.dumps(results, indent=1) + "\n").encode())
         cells = "; ".join(f"{k}: tau top-1 {v['tau_top1']:.2f} loss {v['tau_loss']:.2f}, inherited top-1 mean "

@@ -262,10 +262,7 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
     state_path = out / STATE_FILE
     state = None
     if resume and state_path.is_file():
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"supernet state {str(state_path)!r} could not be read: {exc}") from None
+        state = _read_state(state_path)
         if state["space_hash"] != space.hash:
             raise ValueError(f"the run in {str(out)!r} trained a supernet for another search space "
                              f"(hash {state['space_hash']}, now {space.hash})")
@@ -412,6 +409,14 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
     return net.eval(), data, summary
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    """A supernet state file, loaded safely; ``ValueError`` naming it when it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"supernet state {str(path)!r} could not be read: {exc}") from None
+
+
 def _saved_config(saved: dict[str, Any]) -> SupernetConfig:
     """The :class:`SupernetConfig` a state file was written with (fields unknown to this version dropped)."""
     saved = dict(saved)
@@ -438,10 +443,7 @@ def read_supernet_run(run: str | Path, space: SearchSpace) -> tuple[SupernetConf
     if not weights.is_file() or not state_path.is_file():
         raise ValueError(f"supernet run {str(run)!r} holds no trained supernet (needs {WEIGHTS_FILE} and "
                          f"{STATE_FILE}); allowed: the --out of a finished 'edgezoo search'")
-    try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"supernet state {str(state_path)!r} could not be read: {exc}") from None
+    state = _read_state(state_path)
     if state.get("space_hash") != space.hash:
         raise ValueError(f"supernet run {str(run)!r} trained a supernet for another search space (hash "
                          f"{state.get('space_hash')}), not {space.name!r} version {space.version} (hash {space.hash})")
