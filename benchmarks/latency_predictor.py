@@ -23,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import edgezoo
 from edgezoo.analysis import get_hardware
 from edgezoo.analysis.zoo import model_input_shape

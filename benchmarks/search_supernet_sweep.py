@@ -15,11 +15,20 @@ Each variant trains into ``--work/NAME`` (resumable) and its scores go to ``--ou
     PYTHONPATH=src python benchmarks/search_supernet_sweep.py --work /tmp/sweep --name lr2 --set lr_multiplier=2
     PYTHONPATH=src python benchmarks/search_supernet_sweep.py --work /tmp/sweep --name e40 --set epochs=40 \\
         --set lr_multiplier=1
+
+``--finetune-steps N`` scores a different proxy on the same supernet: each architecture's inherited weights are
+fine-tuned for N steps (AdamW, cosine from ``--finetune-lr``, cross-entropy with label smoothing 0.1, batch 64,
+the supernet's training split at the architecture's resolution) before BN re-estimation and scoring; the result is
+stored as variant ``NAME+ftN``::
+
+    PYTHONPATH=src python benchmarks/search_supernet_sweep.py --work /tmp/sweep --score-only --name lr2 \\
+        --finetune-steps 16
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -51,7 +60,39 @@ def ground_truths() -> dict[str, list[tuple[Any, float, float]]]:
     return sets
 
 
-def score(run: Path, space: Any, sets: dict[str, list[tuple[Any, float, float]]]) -> dict[str, Any]:
+def finetuned_score(net: Any, data: Any, subnet: Any, steps: int, lr: float) -> dict[str, float]:
+    """Search-split top-1 / loss of ``subnet`` after ``steps`` steps of fine-tuning its inherited weights."""
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from edgezoo.search.supernet import recalibrate_bn, resize_to
+
+    model = net.extract(subnet)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    step = 0
+    while step < steps:
+        for x, y in DataLoader(data.train, batch_size=64, shuffle=True, drop_last=True, generator=gen):
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            loss = F.cross_entropy(model(resize_to(x, subnet.resolution)), y, label_smoothing=0.1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step >= steps:
+                break
+    model.eval()
+    recalibrate_bn(model, data.calibration_batches(subnet.resolution))
+    x, y = data.search_set(subnet.resolution)
+    with torch.no_grad():
+        logits = torch.cat([model(b) for b in x.split(256)]).float()
+    return {"top1": 100.0 * (logits.argmax(1) == y).float().mean().item(), "loss": F.cross_entropy(logits, y).item()}
+
+
+def score(run: Path, space: Any, sets: dict[str, list[tuple[Any, float, float]]], finetune_steps: int = 0,
+          finetune_lr: float = 5e-4) -> dict[str, Any]:
     from scipy.stats import kendalltau
 
     from edgezoo.search.supernet_train import SearchData, evaluate_subnet, load_supernet, read_supernet_run
@@ -64,13 +105,20 @@ def score(run: Path, space: Any, sets: dict[str, list[tuple[Any, float, float]]]
                            "largest_top1": last.get("largest_top1"), "smallest_top1": last.get("smallest_top1"),
                            "kd_loss_end": last.get("kd_loss"), "sets": {}}
     for name, items in sets.items():
-        inherited = [evaluate_subnet(net, data, s) for s, _, _ in items]
+        t0 = time.perf_counter()
+        if finetune_steps:
+            inherited = [finetuned_score(net, data, s, finetune_steps, finetune_lr) for s, _, _ in items]
+        else:
+            inherited = [evaluate_subnet(net, data, s) for s, _, _ in items]
+        seconds = time.perf_counter() - t0
         tau_top1, p_top1 = kendalltau([i["top1"] for i in inherited], [x[1] for x in items])
         tau_loss, p_loss = kendalltau([i["loss"] for i in inherited], [x[2] for x in items])
         out["sets"][name] = {"n": len(items), "tau_top1": tau_top1, "p_top1": p_top1, "tau_loss": tau_loss,
                              "p_loss": p_loss, "inherited_top1_mean": statistics.fmean(i["top1"] for i in inherited),
                              "inherited_top1_min": min(i["top1"] for i in inherited),
-                             "inherited": inherited}
+                             "score_seconds": round(seconds, 1), "inherited": inherited}
+    if finetune_steps:
+        out["finetune"] = {"steps": finetune_steps, "lr": finetune_lr}
     return out
 
 
@@ -84,6 +132,9 @@ def main() -> None:
     ap.add_argument("--score-only", action="store_true", help="score supernets already trained under --work")
     ap.add_argument("--out", default=str(HERE / "results" / "search_supernet_sweep.json"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--finetune-steps", type=int, default=0, help="fine-tune each architecture this many steps "
+                    "before scoring (another proxy; stored as NAME+ftN)")
+    ap.add_argument("--finetune-lr", type=float, default=5e-4)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -111,7 +162,9 @@ def main() -> None:
             t0 = time.perf_counter()
             train_supernet(cfg, space, resume=(run / STATE_FILE).is_file(), log=lambda _m: None)
             print(f"{name}: trained in {time.perf_counter() - t0:.0f} s wall", flush=True)
-        r = score(run, space, sets)
+        r = score(run, space, sets, args.finetune_steps, args.finetune_lr)
+        if args.finetune_steps:
+            name = f"{name}+ft{args.finetune_steps}"
         results["variants"][name] = r
         atomic_write_bytes(out_path, (json.dumps(results, indent=1) + "\n").encode())
         cells = "; ".join(f"{k}: tau top-1 {v['tau_top1']:.2f} loss {v['tau_loss']:.2f}, inherited top-1 mean "

@@ -238,3 +238,31 @@ def test_entries_record_weight_and_io_bytes(tmp_path):
     stem = table.entries[items[0].key]
     assert stem["weight_bytes"] >= 4 * sum(p.numel() for p in items[0].build().parameters())  # + BN statistics
     assert stem["io_bytes"] == 4 * (3 * 32 * 32 + 8 * 16 * 16)
+
+
+def test_measure_items_keeps_each_items_lowest_pass(monkeypatch):
+    """A burst of load that slows one whole chunk must not stay in the table: every item is timed in two passes,
+    in other chunks, and keeps the lower time."""
+    import importlib
+
+    from edgezoo.search import latency
+
+    opt = importlib.import_module("edgezoo.deploy.optimize")  # the package re-exports a function of that name
+
+    items = blocks_of_config(TINY, 32, num_classes=4)
+    calls: list[list[str]] = []
+
+    def fake(runners, **kw):
+        keys = [k for k in runners if k != "__fixed__"]
+        calls.append(keys)
+        slow = 5.0 if len(calls) == 1 else 1.0  # the first chunk of the first pass ran beside a burst of load
+        return {"__fixed__": 0.01, **{k: slow * (1 + i) for i, k in enumerate(sorted(keys))}}
+
+    monkeypatch.setattr(opt, "time_interleaved", fake)
+    times, fixed = latency.measure_items(items, engine="eager", threads=1, chunk=2, passes=2)
+    keys = {it.key for it in items}
+    assert set(times) == keys and fixed == pytest.approx(0.01)
+    assert sum(len(c) for c in calls) == 2 * len(keys)  # every item timed in both passes
+    assert all(v < 4.0 for v in times.values())  # the burst of the first chunk was dropped
+    with pytest.raises(ValueError, match="passes"):
+        latency.measure_items(items, engine="eager", threads=1, passes=0)

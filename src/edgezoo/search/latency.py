@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -276,7 +277,8 @@ def resolve_engine(engine: str = "auto", *, threads: int | None = None, img_size
 # else ran (MobileNetV4-Conv-M 14 -> 29 ms, ViT-S 40 -> 118 ms, while a short test ran beside it) and block sums
 # missed by 40-100 %; without it the sums matched those whole models to 0-3 % (what remains, e.g. +24 % for
 # MobileNetV1-0.5's layer-sized units, is systematic and left to the whole-model correction).
-PROTOCOL = "interleaved-medians/ort-nospin"
+# "2pass-min": every item is timed in two passes with other chunk neighbours and keeps the lower (measure_items).
+PROTOCOL = "interleaved-medians-2pass-min/ort-nospin"
 
 
 def _ort_session(onnx: bytes, threads: int) -> Any:
@@ -315,13 +317,18 @@ class _Fixed(nn.Module):
 
 def measure_items(
     items: Sequence[Any], *, engine: str, threads: int, chunk: int = 12, repeats: int = 7, block: int = 5,
-    progress: Callable[[int, int], None] | None = None,
+    passes: int = 2, progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, float], float]:
     """Time every item (``.key``, ``.build()``, ``.input_shape``) in ``engine``: ``({key: ms}, fixed_ms)``.
 
     Items are timed in chunks, interleaved with each other and with the engine's cheapest graph (round-robin turns
     of ``block`` back-to-back calls, medians over ``repeats`` rounds, so load from other processes hits all alike);
     each item's time is its median minus the cheapest graph's, and ``fixed_ms`` is the median of the latter.
+
+    The whole is done ``passes`` times, each pass in another order (so an item meets other neighbours, at another
+    time) and an item keeps its lowest pass. A burst of load that lasts a whole chunk moves every median of that
+    chunk, which the round-robin cannot undo; on a 2-core host such bursts put single block times 30-50 % high
+    (BENCHMARKS.md, latency predictors). Load only ever adds time, so the lower pass is the undisturbed one.
     """
     from ..deploy.optimize import time_interleaved
 
@@ -329,21 +336,30 @@ def measure_items(
     torch.set_num_threads(threads)
     out: dict[str, float] = {}
     fixed: list[float] = []
+    if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
+        raise ValueError(f"passes must be a positive integer, got {passes!r}")
     uniq = list({it.key: it for it in items}.values())
+    total, done = len(uniq) * passes, 0
     try:
         with torch.inference_mode(False), torch.no_grad():
-            for start in range(0, len(uniq), chunk):
-                part = uniq[start:start + chunk]
-                runners = {"__fixed__": _runner(engine, _Fixed(), torch.ones(1, 1), threads)}
-                for it in part:
-                    runners[it.key] = _runner(engine, it.build(), torch.randn(it.input_shape), threads)
-                t = time_interleaved(runners, warmup=2, repeats=repeats, block=block)
-                base = t.pop("__fixed__")
-                fixed.append(base)
-                for k, v in t.items():
-                    out[k] = max(0.0, v - base)
-                if progress is not None:
-                    progress(min(start + chunk, len(uniq)), len(uniq))
+            for p in range(passes):
+                order = list(uniq)
+                if p:  # same items, other neighbours: a deterministic shuffle per pass
+                    random.Random(p).shuffle(order)
+                for start in range(0, len(order), chunk):
+                    part = order[start:start + chunk]
+                    runners = {"__fixed__": _runner(engine, _Fixed(), torch.ones(1, 1), threads)}
+                    for it in part:
+                        runners[it.key] = _runner(engine, it.build(), torch.randn(it.input_shape), threads)
+                    t = time_interleaved(runners, warmup=2, repeats=repeats, block=block)
+                    base = t.pop("__fixed__")
+                    fixed.append(base)
+                    for k, v in t.items():
+                        ms = max(0.0, v - base)
+                        out[k] = min(out.get(k, ms), ms)
+                    done += len(part)
+                    if progress is not None:
+                        progress(done, total)
     finally:
         torch.set_num_threads(old)
     return out, statistics.median(fixed) if fixed else 0.0

@@ -292,15 +292,18 @@ def train_supernet(cfg: SupernetConfig, space: SearchSpace, *, resume: bool = Fa
     steps_per_epoch = n_train // cfg.batch_size if drop_last else math.ceil(n_train / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warm = int(round(tcfg.warmup_epochs * steps_per_epoch))
-    lr_factor = warmup_cosine(total, warm, tcfg.min_lr_ratio)
     phases = phase_schedule(cfg)
+    lr_factor: Callable[[int], float] = warmup_cosine(total, warm, tcfg.min_lr_ratio)
     if cfg.progressive and cfg.phase_lr_restart:
+        # one warm-up + cosine per progressive-shrinking phase: each phase opens new dimensions and starts afresh
         spans = [(phases.index(p) * steps_per_epoch, phases.count(p) * steps_per_epoch) for p in PHASES if p in phases]
         per_phase = [(start, warmup_cosine(n, min(warm, n // 4), tcfg.min_lr_ratio)) for start, n in spans]
 
-        def lr_factor(step: int) -> float:  # noqa: F811 -- the per-phase variant
+        def per_phase_factor(step: int) -> float:
             start, f = max((sp for sp in per_phase if sp[0] <= step), key=lambda sp: sp[0])
             return f(step - start)
+
+        lr_factor = per_phase_factor
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     history: list[dict[str, Any]] = []
