@@ -262,6 +262,8 @@ def _per_image(run_one: Callable[[np.ndarray], np.ndarray]) -> Runner:
     """A batch runner over an engine compiled for batch 1."""
 
     def run(x: Tensor) -> Tensor:
+        if x.shape[0] == 1:  # the deployed case: no slicing or concatenation (~20 us per call at 0.15 ms)
+            return torch.from_numpy(run_one(x.detach().contiguous().numpy()))
         outs = [run_one(x[i : i + 1].detach().contiguous().numpy()) for i in range(x.shape[0])]
         return torch.from_numpy(np.concatenate(outs))
 
@@ -519,7 +521,11 @@ def optimize_precision(
     artifacts: dict[str, dict[str, bytes]] = {}
     fp32_name = f"fp32/{fp32.variant}"
     candidates.append(Candidate(fp32_name, "fp32", fp32.backend))
-    runners[fp32_name] = lambda x: torch.cat([fp32(x[i : i + 1]) for i in range(x.shape[0])])  # its built shape
+
+    def fp32_runner(x: Tensor) -> Tensor:  # fp32's engines are built for the example's batch of 1
+        return fp32(x) if x.shape[0] == 1 else torch.cat([fp32(x[i : i + 1]) for i in range(x.shape[0])])
+
+    runners[fp32_name] = fp32_runner
     built = next(iter(fp32._runners.values()), None)
     if getattr(built, "isolate", None) is not None:
         runners[fp32_name].isolate = built.isolate  # type: ignore[attr-defined]
