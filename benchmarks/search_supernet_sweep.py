@@ -17,9 +17,9 @@ Each variant trains into ``--work/NAME`` (resumable) and its scores go to ``--ou
         --set lr_multiplier=1
 
 ``--finetune-steps N`` scores a different proxy on the same supernet: each architecture's inherited weights are
-fine-tuned for N steps (AdamW, cosine from ``--finetune-lr``, cross-entropy with label smoothing 0.1, batch 64,
-the supernet's training split at the architecture's resolution) before BN re-estimation and scoring; the result is
-stored as variant ``NAME+ftN``::
+fine-tuned for N steps before BN re-estimation and scoring (``edgezoo.search.supernet_train.finetune_and_evaluate``,
+the score ``edgezoo search --rerank`` uses; learning rate ``--finetune-lr``); the result is stored as variant
+``NAME+ftN``::
 
     PYTHONPATH=src python benchmarks/search_supernet_sweep.py --work /tmp/sweep --score-only --name lr2 \\
         --finetune-steps 16
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -60,42 +59,12 @@ def ground_truths() -> dict[str, list[tuple[Any, float, float]]]:
     return sets
 
 
-def finetuned_score(net: Any, data: Any, subnet: Any, steps: int, lr: float) -> dict[str, float]:
-    """Search-split top-1 / loss of ``subnet`` after ``steps`` steps of fine-tuning its inherited weights."""
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader
-
-    from edgezoo.search.supernet import recalibrate_bn, resize_to
-
-    model = net.extract(subnet)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    step = 0
-    while step < steps:
-        for x, y in DataLoader(data.train, batch_size=64, shuffle=True, drop_last=True, generator=gen):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            loss = F.cross_entropy(model(resize_to(x, subnet.resolution)), y, label_smoothing=0.1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step >= steps:
-                break
-    model.eval()
-    recalibrate_bn(model, data.calibration_batches(subnet.resolution))
-    x, y = data.search_set(subnet.resolution)
-    with torch.no_grad():
-        logits = torch.cat([model(b) for b in x.split(256)]).float()
-    return {"top1": 100.0 * (logits.argmax(1) == y).float().mean().item(), "loss": F.cross_entropy(logits, y).item()}
-
-
 def score(run: Path, space: Any, sets: dict[str, list[tuple[Any, float, float]]], finetune_steps: int = 0,
           finetune_lr: float = 5e-4) -> dict[str, Any]:
     from scipy.stats import kendalltau
 
-    from edgezoo.search.supernet_train import SearchData, evaluate_subnet, load_supernet, read_supernet_run
+    from edgezoo.search.supernet_train import (SearchData, evaluate_subnet, finetune_and_evaluate, load_supernet,
+                                               read_supernet_run)
 
     cfg, summary = read_supernet_run(run, space)
     data = SearchData(cfg, space)
@@ -107,7 +76,7 @@ def score(run: Path, space: Any, sets: dict[str, list[tuple[Any, float, float]]]
     for name, items in sets.items():
         t0 = time.perf_counter()
         if finetune_steps:
-            inherited = [finetuned_score(net, data, s, finetune_steps, finetune_lr) for s, _, _ in items]
+            inherited = [finetune_and_evaluate(net, data, s, steps=finetune_steps, lr=finetune_lr) for s, _, _ in items]
         else:
             inherited = [evaluate_subnet(net, data, s) for s, _, _ in items]
         seconds = time.perf_counter() - t0

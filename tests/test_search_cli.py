@@ -191,3 +191,62 @@ def test_supernet_learns_from_a_trained_teacher(run_dir: Path, tmp_path: Path) -
                          teacher_checkpoint=str(run_dir))
     net, _, summary = train_supernet(cfg, space, data=SearchData(cfg, space))
     assert summary["history"][0]["train_loss"] > 0 and "largest_top1" in summary["history"][0]
+
+
+def test_search_reranks_its_best_few_after_a_short_fine_tune(run_dir: Path) -> None:
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = report["rerank"]
+    assert 1 <= len(rows) <= 4 and (run_dir / "rerank.json").is_file()
+    assert len({r["arch"] for r in rows}) == len(rows)  # distinct architectures
+    assert all(0.0 <= r["finetuned_top1"] <= 100.0 and r["latency_ms"] <= 0.004 for r in rows)
+    # the winner is the best re-ranked architecture, and the spec / weights are that one
+    win = max(rows, key=lambda r: r["reward"])
+    assert report["arch"] == win["arch"] and report["subnet"] == win["subnet"]
+
+
+def test_rerank_choice_resume_and_off(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from edgezoo.search import supernet_train
+    from edgezoo.search.pipeline import run_search
+    from edgezoo.search.space import get_space
+
+    space = get_space(TINY.save(tmp_path / "space.yaml"))
+    calls: list[str] = []
+
+    def fake(net, data, subnet, *, steps, seed=0, **kw):
+        calls.append(subnet.describe())
+        # the later a candidate came in the search's ranking, the better its fine-tuned score
+        return {"top1": 50.0 + len(calls), "loss": 1.0}
+
+    monkeypatch.setattr(supernet_train, "finetune_and_evaluate", fake)
+    kw = dict(hardware="phone_cpu", target_ms=0.004, space=space, supernet_from=run_dir, retrain_epochs=1,
+              budget=6, progress=False, log=lambda m: None)
+    rep = run_search(out=tmp_path / "a", rerank=3, rerank_steps=5, **kw)
+    assert len(calls) == len(rep["rerank"]) >= 2
+    assert rep["arch"] == rep["rerank"][-1]["arch"] == calls[-1]  # the last one scored best
+    assert rep["rerank"][0]["inherited_reward"] >= rep["rerank"][-1]["inherited_reward"]
+    calls.clear()  # a resumed run reads its re-ranking back instead of fine-tuning again
+    again = run_search(out=tmp_path / "a", rerank=3, rerank_steps=5, resume=True, **kw)
+    assert calls == [] and again["arch"] == rep["arch"]
+    off = run_search(out=tmp_path / "b", rerank=0, **kw)  # off: the search's own pick, as before re-ranking existed
+    assert calls == [] and off["rerank"] == [] and off["arch"] == rep["rerank"][0]["arch"]
+    with pytest.raises(ValueError, match="rerank_steps must be a non-negative integer, got -1"):
+        run_search(out=tmp_path / "c", rerank=2, rerank_steps=-1, **kw)
+
+
+def test_finetune_and_evaluate_is_deterministic_and_leaves_the_supernet(run_dir: Path) -> None:
+    from edgezoo.search.supernet_train import (SearchData, evaluate_subnet, finetune_and_evaluate, load_supernet,
+                                               read_supernet_run)
+
+    space = TINY
+    cfg, _ = read_supernet_run(run_dir, space)
+    data = SearchData(cfg, space)
+    net = load_supernet(run_dir, space, 10, kernel_transform=cfg.kernel_transform)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    sub = space.smallest()
+    assert finetune_and_evaluate(net, data, sub, steps=0) == pytest.approx(evaluate_subnet(net, data, sub))
+    a = finetune_and_evaluate(net, data, sub, steps=3, seed=1)
+    b = finetune_and_evaluate(net, data, sub, steps=3, seed=1)
+    assert a == b
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="steps must be a non-negative integer"):
+        finetune_and_evaluate(net, data, sub, steps=-2)

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from . import UserError
-from .analysis import _positive_float, _positive_int
+from .analysis import _non_negative_int, _positive_float, _positive_int
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -32,7 +32,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         supernet_epochs=args.supernet_epochs, retrain_epochs=args.retrain_epochs,
         latency_source=args.latency_source, table=args.table, reward=args.reward, seed=args.seed,
         progress=not (args.no_progress or args.json), teacher_checkpoint=args.teacher_checkpoint,
-        supernet_from=args.supernet, log=(lambda m: None) if args.json else print,
+        supernet_from=args.supernet, rerank=args.rerank, rerank_steps=args.rerank_steps,
+        log=(lambda m: None) if args.json else print,
     )
     if args.json:
         print(json.dumps({k: report[k] for k in ("hardware", "target_ms", "predicted_latency_ms", "top1", "arch",
@@ -77,7 +78,7 @@ def _print_tables(report: dict[str, Any], out: str) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from ..analysis import PRESETS
-    from ..search.pipeline import LATENCY_SOURCES
+    from ..search.pipeline import LATENCY_SOURCES, RERANK_STEPS, RERANK_TOP
     from ..search.strategies import STRATEGIES
 
     p = sub.add_parser("search", help="hardware-aware architecture search (supernet + evolution) on your data")
@@ -108,6 +109,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--supernet", default=None, metavar="RUN",
                    help="reuse the trained supernet of another search run (same space and data) instead of training "
                         "one: one supernet, many targets or devices")
+    p.add_argument("--rerank", type=_non_negative_int, default=RERANK_TOP, metavar="K",
+                   help=f"fine-tune the search's best K architectures briefly and pick the best of them by that "
+                        f"score (default {RERANK_TOP}; 0: the search's own pick)")
+    p.add_argument("--rerank-steps", type=_non_negative_int, default=RERANK_STEPS, metavar="N",
+                   help=f"fine-tuning steps per re-ranked architecture (default {RERANK_STEPS})")
     p.add_argument("--seed", type=int, default=0, help="random seed for the split, sampling and training")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

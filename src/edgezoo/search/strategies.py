@@ -68,6 +68,22 @@ def pareto_front(cands: Iterable[Candidate]) -> list[Candidate]:
     return out
 
 
+def top_candidates(history: Iterable[Candidate], k: int, *, feasible: Callable[[Subnet], bool]) -> list[Candidate]:
+    """The ``k`` distinct feasible candidates of ``history`` with the highest reward, best first (ties: the
+    earlier evaluated)."""
+    seen: set[tuple] = set()
+    out: list[Candidate] = []
+    for c in sorted(history, key=lambda c: -c.reward):  # stable: equal rewards keep their order
+        key = c.subnet.key()
+        if key in seen or not feasible(c.subnet):
+            continue
+        seen.add(key)
+        out.append(c)
+        if len(out) == k:
+            break
+    return out
+
+
 class Objective:
     """Accuracy, latency and reward of subnets, each computed once per architecture."""
 

@@ -231,6 +231,57 @@ def evaluate_subnet(net: Supernet, data: SearchData, subnet: Subnet, *, device: 
             "loss": F.cross_entropy(logits, y).item()}
 
 
+def finetune_and_evaluate(net: Supernet, data: SearchData, subnet: Subnet, *, steps: int, lr: float = 5e-4,
+                          batch_size: int = 64, seed: int = 0, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Top-1 (percent) and loss of ``subnet`` on the search split after ``steps`` steps of fine-tuning its
+    inherited weights (a copy: the supernet is untouched), then BN re-estimation.
+
+    A sharper proxy than the inherited weights alone, for re-ranking a search's best few: on the default digits
+    space, 48 steps raised Kendall's tau against 3-seed retrained accuracy from 0.40 to 0.55 (BENCHMARKS.md,
+    issue 12). AdamW with a cosine decay from ``lr``, cross-entropy with label smoothing 0.1, the supernet's
+    training split at the subnet's resolution; deterministic for a given ``seed``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    model = net.extract(subnet).to(device)
+    with torch.random.fork_rng(devices=[]):  # the augmentations draw from torch's global generator
+        torch.manual_seed(seed)
+        _finetune(model, data, subnet.resolution, steps=steps, lr=lr, batch_size=batch_size, seed=seed, device=device)
+    model.eval()
+    recalibrate_bn(model, [b.to(device) for b in data.calibration_batches(subnet.resolution)])
+    x, y = data.search_set(subnet.resolution)
+    with torch.no_grad():
+        logits = torch.cat([model(b.to(device)) for b in x.split(256)]).float().cpu()
+    return {"top1": 100.0 * (logits.argmax(1) == y).float().mean().item(),
+            "loss": F.cross_entropy(logits, y).item()}
+
+
+def _finetune(model: nn.Module, data: SearchData, resolution: int, *, steps: int, lr: float, batch_size: int,
+              seed: int, device: torch.device | str) -> None:
+    if steps:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        gen = torch.Generator().manual_seed(seed)
+        model.train()
+        step = 0
+        while step < steps:
+            loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, drop_last=len(data.train) > batch_size,
+                                generator=gen, num_workers=0, collate_fn=skip_none_collate)
+            for batch in loader:
+                if batch is None:
+                    continue
+                x, y = batch
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+                logits = model(resize_to(x.to(device), resolution))
+                loss = F.cross_entropy(logits, y.to(device), label_smoothing=0.1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                if step >= steps:
+                    break
+
+
 def _build_teacher(cfg: SupernetConfig, num_classes: int) -> nn.Module | None:
     if cfg.teacher is None and cfg.teacher_checkpoint is None:
         return None
