@@ -1,4 +1,5 @@
-"""``edgezoo search`` end to end: supernet → search under a latency target → retrain the winner → a plain model.
+"""``edgezoo search`` end to end: supernet → search under a latency target → re-rank its best few after a short
+fine-tune → retrain the winner → a plain model.
 
 Outputs in the run directory::
 
@@ -7,12 +8,14 @@ Outputs in the run directory::
     report.json           hardware, target_ms, predicted_latency_ms, top1 (percent, held-out split), costs, ...
     pareto.png            search accuracy vs predicted latency, the Pareto front, the choice and zoo models
     search.json           every architecture evaluated (inherited search-split accuracy/loss, latency)
+    rerank.json           the best few re-scored after a short fine-tune each (``rerank``; absent when it is 0)
     supernet.safetensors  the trained supernet; supernet_state.pt its resumable state (absent when the run reuses
                           another run's supernet: ``supernet_from``, ``edgezoo search --supernet RUN``)
     retrain-<id>/         the winner's training run (edgezoo train layout), one folder per architecture
 
 Every phase resumes: the supernet from its last finished epoch, the search from ``search.json`` (it is cheap and
-deterministic given the supernet), the retraining through the training engine's own resumption.
+deterministic given the supernet), the re-ranking from ``rerank.json``, the retraining through the training
+engine's own resumption.
 """
 from __future__ import annotations
 
