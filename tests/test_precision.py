@@ -359,6 +359,45 @@ def test_optimize_ranks_close_engines_in_separate_processes(monkeypatch):
     assert engine.variant == "onnxruntime" and engine.timing == "in-process"
 
 
+def test_fp32_pinned_openvino_is_a_timing_twin_compiled_only_when_it_wins(monkeypatch):
+    """optimize() compiles OpenVINO once; the pinned configuration is measured in a worker (a twin here) and
+    compiled pinned in this process only when it wins; without isolation it is compiled and timed here."""
+    pytest.importorskip("openvino")
+    import importlib
+
+    opt_mod = importlib.import_module("edgezoo.deploy.optimize")
+    compiled: list[bool] = []
+    real_compile = opt_mod.openvino_compile
+
+    def counting_compile(onnx, threads, pinned=False, extra_config=None):
+        compiled.append(bool(pinned))
+        return real_compile(onnx, threads, pinned, extra_config)
+
+    monkeypatch.setattr(opt_mod, "openvino_compile", counting_compile)
+    monkeypatch.setattr(opt_mod, "time_interleaved", lambda runners, **kw: {k: 1.0 for k in runners})
+    monkeypatch.setattr(opt_mod, "time_in_processes",
+                        lambda runners, example, **kw: {k: 0.5 if k == "openvino/pinned" else 1.0 for k in runners})
+    model, x = _tiny_convnet(), torch.randn(1, 3, 16, 16)
+    engine = opt_mod.optimize(model, x, candidates=["openvino"], repeats=2, block=1)
+    assert engine.variant == "openvino/pinned" and engine.timing == "separate processes"
+    assert compiled == [False, True]  # the unpinned engine to rank, then the pinned winner: no third compile
+    runner = next(iter(engine._runners.values()))
+    assert runner.isolate["pinned"] is True and getattr(runner, "twin_of", None) is None
+    with torch.no_grad():
+        assert torch.allclose(engine(x), model(x), atol=1e-4)
+    assert opt_mod.pinned_twin(runner) is None  # pinned already: no twin of a twin
+
+    compiled.clear()  # the unpinned one wins: the twin never compiles
+    monkeypatch.setattr(opt_mod, "time_in_processes",
+                        lambda runners, example, **kw: {k: 2.0 if k == "openvino/pinned" else 1.0 for k in runners})
+    engine = opt_mod.optimize(model, x, candidates=["openvino"], repeats=2, block=1)
+    assert engine.variant == "openvino" and compiled == [False]
+
+    compiled.clear()  # without isolation the pinned engine is real and timed in this process
+    engine = opt_mod.optimize(model, x, candidates=["openvino"], repeats=2, block=1, isolate=False)
+    assert sorted(compiled) == [False, True] and set(engine.timings_ms) == {"openvino", "openvino/pinned"}
+
+
 def test_time_in_processes_runs_graph_engines_in_workers():
     pytest.importorskip("openvino")
     from edgezoo.deploy.optimize import _eager_runner, _openvino_runner, _ort_runner, time_in_processes

@@ -293,6 +293,29 @@ def _openvino_runner(
     return run
 
 
+def pinned_twin(runner: Runner) -> Runner | None:
+    """A timing-only stand-in for an unpinned OpenVINO ``runner`` with its threads pinned to cores
+    (``ENABLE_CPU_PINNING``); ``None`` for any other runner.
+
+    Pinning changes where the threads run, not what they compute, so the twin needs no compile of its own until it
+    wins: :func:`time_in_processes` compiles it pinned in its worker, and in this process it calls ``runner``
+    (same graph, same outputs, so parity and accuracy carry over). A twin's in-process timing is the unpinned
+    engine's, so it only means something in the separate-process ranking. Measured on the 2-core host (issue 14):
+    unpinned OpenVINO ran a turn of calls either at ~1.5 or at ~2.4 ms depending on where the scheduler put its
+    threads after a pause; pinned, every turn took 1.4-1.8 ms. Both ``optimize()`` paths use this.
+    """
+    desc = getattr(runner, "isolate", None)
+    if not desc or desc.get("kind") != "openvino" or desc.get("pinned"):
+        return None
+
+    def twin(x: Tensor) -> Tensor:
+        return runner(x)
+
+    twin.isolate = {**desc, "pinned": True}  # type: ignore[attr-defined]
+    twin.twin_of = runner  # type: ignore[attr-defined]
+    return twin
+
+
 @dataclass
 class OptimizedModel:
     """Callable inference engine returned by :func:`optimize`: ``logits = engine(images)``.
@@ -423,9 +446,11 @@ def optimize(
             continue
         try:
             if name == "openvino":  # both configurations from one export
-                data = onnx_bytes(openvino_forms(folded), example_input)
-                for variant, pinned in ((name, False), (PINNED_OPENVINO, True)):
-                    runners[variant] = _openvino_runner(folded, example_input, threads, pinned, onnx=data)
+                ov_onnx = onnx_bytes(openvino_forms(folded), example_input)
+                runners[name] = _openvino_runner(folded, example_input, threads, False, onnx=ov_onnx)
+                # pinned: a timing twin where the separate-process ranking can measure it, else compiled here
+                runners[PINNED_OPENVINO] = (pinned_twin(runners[name]) if isolate else
+                                            _openvino_runner(folded, example_input, threads, True, onnx=ov_onnx))
             else:
                 runners[name] = _build_runner(name, folded, example_input, threads, False)
         except ImportError:
@@ -468,7 +493,12 @@ def optimize(
         timings = {}
     if timing != "in-process":  # rank only what was measured the same way
         timings = {k: v for k, v in timings.items() if k in separate}
+    else:  # a twin's in-process time is its unpinned original's: not a measurement of pinning
+        timings = {k: v for k, v in timings.items() if getattr(runners[k], "twin_of", None) is None}
+        runners = {k: r for k, r in runners.items() if getattr(r, "twin_of", None) is None}
     best = min(timings, key=timings.get) if timings else next(iter(runners))
+    if getattr(runners[best], "twin_of", None) is not None:  # a pinned twin won: compile it pinned for real
+        runners[best] = _openvino_runner(folded, example_input, threads, True, onnx=ov_onnx)
     engine_name = best.split("/")[0]
     eager = engine_name == "eager"
     engine = OptimizedModel(

@@ -471,7 +471,7 @@ def optimize_precision(
     survivors with every ONNX Runtime / OpenVINO engine in a process of its own (see
     :func:`~edgezoo.deploy.optimize.time_in_processes`), as they would run when deployed.
     """
-    from .optimize import optimize, time_in_processes, time_interleaved
+    from .optimize import optimize, pinned_twin, time_in_processes, time_interleaved
     from .quantize import _qdq_model
 
     if not isinstance(model, nn.Module):
@@ -648,17 +648,13 @@ def optimize_precision(
                 by_name[name].reason = "accuracy not checked (max_drop=None)"
 
     # OpenVINO with its threads pinned to cores, as a timing-only twin of every lower-precision OpenVINO survivor
-    # (same compiled graph, so same accuracy). Unpinned, OpenVINO's int8 MobileNetV2 on the 2-core host ran a turn
-    # of calls either at 1.5 ms or at 2.4 ms, depending on where the scheduler put its threads after the pause;
-    # pinned, every turn took 1.4-1.8 ms. optimize() measures the same choice for fp32 (``openvino/pinned``).
+    # (optimize.pinned_twin: same compiled graph, so same accuracy; optimize() does the same for fp32).
     if isolate:
         for name in list(runners):
-            desc = getattr(runners[name], "isolate", None)
-            if by_name[name].precision == "fp32" or not desc or desc["kind"] != "openvino" or desc.get("pinned"):
+            twin = pinned_twin(runners[name])
+            if by_name[name].precision == "fp32" or twin is None:
                 continue
             twin_name = name + PINNED_SUFFIX
-            twin = (lambda r: lambda x: r(x))(runners[name])  # in-process fallback: the unpinned engine
-            twin.isolate = {**desc, "pinned": True}  # type: ignore[attr-defined]
             src = by_name[name]
             cand = Candidate(twin_name, src.precision, src.backend, top1=src.top1, agreement=src.agreement,
                              int8_layers=src.int8_layers)
@@ -675,6 +671,10 @@ def optimize_precision(
         if separate is not None:
             timings = separate
         elif len(calls) > 1:
+            # no worker could start: a pinned twin would only re-time its unpinned original here
+            for name in [k for k, r in runners.items() if getattr(r, "twin_of", None) is not None]:
+                del runners[name], calls[name]
+                by_name[name].status, by_name[name].reason = "skipped", "pinning is only measured in worker processes"
             timings = time_interleaved(calls, repeats=repeats, block=block)
         else:  # only the fp32 reference is left: optimize() timed it already
             only = next(iter(calls))
