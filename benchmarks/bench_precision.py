@@ -260,6 +260,20 @@ def train_run(model: str, out: Path, epochs: int) -> Path:
     return out
 
 
+MIN_FREE_GIB = 3.0  # start no further worker below this much available memory
+
+
+def _available_gib() -> float:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("inf")  # not Linux: no guard
+
+
 def bench_model(run: Path, contenders, threads: int, rounds: int, block: int, gap_s: float,
                 img_size: int | None = None, no_guard: bool = False, replicas: int = 1) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
@@ -273,6 +287,12 @@ def bench_model(run: Path, contenders, threads: int, rounds: int, block: int, ga
     keys = [c if r == 0 else f"{c}#{r}" for c in contenders for r in range(replicas)]
     for key in keys:  # built one at a time, so builds do not disturb each other
         c = key.split("#")[0]
+        if _available_gib() < MIN_FREE_GIB:  # every worker keeps its engine (and torch) resident: ~1.2 GB at 224 px
+            for p in procs.values():
+                p.kill()
+            raise SystemExit(f"only {_available_gib():.1f} GiB of memory left after {len(procs)} worker processes; "
+                             f"{len(keys)} were asked for ({len(contenders)} contenders x {replicas} replicas): use "
+                             "fewer --replicas or --contenders")
         started = time.time()
         p = subprocess.Popen([_python(), str(HERE), "--worker", c, "--run", str(run), "--threads", str(threads)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
