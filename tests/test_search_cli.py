@@ -250,3 +250,16 @@ def test_finetune_and_evaluate_is_deterministic_and_leaves_the_supernet(run_dir:
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     with pytest.raises(ValueError, match="steps must be a non-negative integer"):
         finetune_and_evaluate(net, data, sub, steps=-2)
+
+
+def test_tables_keep_the_fused_expansion_of_architecture_strings(run_dir: Path, capsys) -> None:
+    """rich would read "[e2]" as a style tag and print "F16x1" for "F16x1[e2]": two subnets, one string."""
+    from edgezoo.cli.search import _print_tables
+
+    report = json.loads((run_dir / "report.json").read_text())
+    report["arch"] = "r16 | F8x1[e2] | L32"
+    report["pareto"] = [{"arch": "r16 | F8x1[e4] | L32", "latency_ms": 0.001, "search_top1": 50.0}]
+    capsys.readouterr()
+    _print_tables(report, str(run_dir))
+    out = capsys.readouterr().out
+    assert "F8x1[e2]" in out and "F8x1[e4]" in out

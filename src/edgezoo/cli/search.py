@@ -44,6 +44,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_tables(report: dict[str, Any], out: str) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from .._console import table_console
@@ -54,7 +55,8 @@ def _print_tables(report: dict[str, Any], out: str) -> None:
     front.add_column("search top-1", justify="right")
     front.add_column("architecture")
     for p in report["pareto"]:
-        front.add_row(f"{p['latency_ms']:.3f}", f"{p['search_top1']:.2f}%", p["arch"])
+        # escaped: rich would take an expansion like "[e2]" in an architecture string for a style tag and drop it
+        front.add_row(f"{p['latency_ms']:.3f}", f"{p['search_top1']:.2f}%", escape(p["arch"]))
     console.print(front)
     zoo = Table(title="zoo models on the same predictor (latency only)")
     zoo.add_column("model")
@@ -65,7 +67,7 @@ def _print_tables(report: dict[str, Any], out: str) -> None:
     res = Table(title="found architecture")
     res.add_column("metric")
     res.add_column("value", justify="right")
-    for k, v in (("architecture", report["arch"]), ("input", f"{report['img_size']} px"),
+    for k, v in (("architecture", escape(report["arch"])), ("input", f"{report['img_size']} px"),
                  ("predicted latency", f"{report['predicted_latency_ms']:.3f} ms (target {report['target_ms']:g})"),
                  ("top-1 retrained", f"{report['top1']:.2f}% (held-out split)"),
                  ("params / MACs", f"{report['params']:,} / {report['macs'] / 1e6:.1f}M"),

@@ -298,8 +298,10 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
         if reranked:
             win = max(range(len(reranked)), key=lambda i: reranked[i]["reward"])
             if top[win].subnet.key() != best.subnet.key():
+                w0, b0 = reranked[win], reranked[0]
                 log(f"re-rank: {top[win].subnet.describe()} replaces the search's pick (fine-tuned top-1 "
-                    f"{reranked[win]['finetuned_top1']:.2f}% vs {reranked[0]['finetuned_top1']:.2f}%)")
+                    f"{w0['finetuned_top1']:.2f}% / loss {w0['finetuned_loss']:.3f} vs {b0['finetuned_top1']:.2f}% / "
+                    f"{b0['finetuned_loss']:.3f})")
             best = top[win]
     search_s = time.perf_counter() - t0
 
