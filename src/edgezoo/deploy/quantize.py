@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,16 +127,32 @@ def _qdq_model(fp32_onnx: bytes, samples: list[np.ndarray], method: str, per_cha
             return fh.read()
 
 
+def _per_image(run_one: Callable[[np.ndarray], np.ndarray]) -> Callable[[Tensor], Tensor]:
+    """A batch runner over an engine compiled for batch 1 (``run_one``: one image's array in, its output out)."""
+
+    def run(x: Tensor) -> Tensor:
+        if x.shape[0] == 1:  # the deployed case: no slicing or concatenation (~20 us per call at 0.15 ms)
+            return torch.from_numpy(run_one(x.detach().contiguous().numpy()))
+        outs = [run_one(x[i : i + 1].detach().contiguous().numpy()) for i in range(x.shape[0])]
+        return torch.from_numpy(np.concatenate(outs))
+
+    return run
+
+
+def _ov_request_runner(request: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """One image through an OpenVINO infer request (output copied: the request reuses its buffer)."""
+
+    def one(arr: np.ndarray) -> np.ndarray:
+        request.infer({0: arr}, share_inputs=True)
+        return request.get_output_tensor(0).data.copy()
+
+    return one
+
+
 def _ort_int8(model_bytes: bytes, threads: int):
     sess = ort_session(model_bytes, threads=threads)
     name = sess.get_inputs()[0].name
-
-    def run(x: Tensor) -> Tensor:
-        if x.shape[0] == 1:  # no slicing or concatenation for the deployed batch of 1
-            return torch.from_numpy(sess.run(None, {name: x.detach().contiguous().numpy()})[0])
-        outs = [sess.run(None, {name: x[i : i + 1].contiguous().numpy()})[0] for i in range(x.shape[0])]
-        return torch.from_numpy(np.concatenate(outs))
-
+    run = _per_image(lambda arr: sess.run(None, {name: arr})[0])
     run.isolate = {"kind": "onnxruntime", "model": model_bytes}  # type: ignore[attr-defined] # optimize.time_in_processes
     return run
 
@@ -150,19 +167,7 @@ def _openvino_int8(model_bytes: bytes, threads: int):
         compiled = core.compile_model(
             core.read_model(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads)}
         )
-    request = compiled.create_infer_request()
-
-    def run(x: Tensor) -> Tensor:
-        if x.shape[0] == 1:
-            request.infer({0: x.detach().contiguous().numpy()}, share_inputs=True)
-            return torch.from_numpy(request.get_output_tensor(0).data.copy())
-        outs = []
-        for i in range(x.shape[0]):
-            request.infer({0: x[i : i + 1].contiguous().numpy()}, share_inputs=True)
-            outs.append(request.get_output_tensor(0).data.copy())
-        return torch.from_numpy(np.concatenate(outs))
-
-    return run
+    return _per_image(_ov_request_runner(compiled.create_infer_request()))
 
 
 def quantize_int8(
