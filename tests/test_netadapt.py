@@ -323,3 +323,20 @@ def test_netadapt_retarget_prunes_on_when_the_measured_speedup_is_short(tiny_run
     assert all(b < a for a, b in zip(lat, lat[1:]))
     assert report["predicted_latency_ms"] <= report["goal_ms"] + 1e-9
     assert report["steps"] > first["step"]  # it went on pruning after the re-target
+
+
+def test_take_batches_counts_steps_across_passes_and_refuses_empty_data():
+    """The step loop both fine-tunes (NetAdapt's, the search's re-ranking) share."""
+    from edgezoo.train.data import take_batches
+
+    passes: list[int] = []
+
+    def loader(epoch: int):
+        passes.append(epoch)
+        return [(epoch, 0), None, (epoch, 1)]  # a batch the dataset could not read comes as None
+
+    assert list(take_batches(loader, 5)) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
+    assert passes == [0, 1, 2]
+    assert list(take_batches(loader, 0)) == []
+    with pytest.raises(ValueError, match="no batches"):
+        list(take_batches(lambda e: [None], 1))

@@ -190,17 +190,10 @@ def _loader(ds: Any, batch_size: int, *, shuffle: bool, seed: int = 0) -> Any:
 
 def _batches(ds: Any, n: int, batch_size: int, seed: int) -> list[tuple[Tensor, Tensor]]:
     """``n`` augmented training batches drawn with ``seed`` (the augmentation RNG is seeded too)."""
+    from ..train.data import take_batches
+
     torch.manual_seed(seed)
-    out: list[tuple[Tensor, Tensor]] = []
-    epoch = 0
-    while len(out) < n:
-        for batch in _loader(ds, batch_size, shuffle=True, seed=seed + epoch):
-            if batch is not None:
-                out.append((batch[0], batch[1]))
-            if len(out) >= n:
-                break
-        epoch += 1
-    return out
+    return [(b[0], b[1]) for b in take_batches(lambda e: _loader(ds, batch_size, shuffle=True, seed=seed + e), n)]
 
 
 @torch.no_grad()
@@ -249,6 +242,7 @@ def finetune(model: nn.Module, ds: Any, *, steps: int, settings: NetAdaptSetting
              cosine: bool = False, teacher: nn.Module | None = None) -> None:
     """``steps`` SGD steps on ``ds``, cosine-decayed when ``cosine``; with ``teacher``, the loss distils from it
     (``settings.kd_alpha``, ``settings.kd_temperature``; :func:`edgezoo.train.distill.distillation_loss`)."""
+    from ..train.data import take_batches
     from ..train.distill import distillation_loss
 
     if steps <= 0:
@@ -258,30 +252,22 @@ def finetune(model: nn.Module, ds: Any, *, steps: int, settings: NetAdaptSetting
     opt = _optimizer(model, settings)
     if teacher is not None:
         teacher.eval()
-    done, epoch = 0, 0
-    while done < steps:
-        for batch in _loader(ds, settings.batch_size, shuffle=True, seed=seed + epoch):
-            if batch is None:
-                continue
-            if cosine:
-                for group in opt.param_groups:
-                    group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * done / steps))
-            x, y = batch
-            logits = model(x)
-            if teacher is not None and settings.kd_alpha > 0:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = distillation_loss(logits, t_logits, y, alpha=settings.kd_alpha,
-                                         temperature=settings.kd_temperature, label_smoothing=0.1)
-            else:
-                loss = F.cross_entropy(logits, y, label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done += 1
-            if done >= steps:
-                break
-        epoch += 1
+    batches = take_batches(lambda e: _loader(ds, settings.batch_size, shuffle=True, seed=seed + e), steps)
+    for done, (x, y) in enumerate(batches):
+        if cosine:
+            for group in opt.param_groups:
+                group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * done / steps))
+        logits = model(x)
+        if teacher is not None and settings.kd_alpha > 0:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            loss = distillation_loss(logits, t_logits, y, alpha=settings.kd_alpha,
+                                     temperature=settings.kd_temperature, label_smoothing=0.1)
+        else:
+            loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
     model.eval()
 
 

@@ -74,6 +74,12 @@ def make_latency_predictor(hardware: str, source: str = "roofline", table: str |
     return _ForClasses()
 
 
+def _search_score(r: dict[str, float]) -> float:
+    """The accuracy a search ranks by: the search split saturates on easy data, so equal top-1 is broken by the
+    loss (0.1 point per unit of loss). The re-ranking scores its fine-tuned subnets the same way."""
+    return r["top1"] - 0.1 * r["loss"]
+
+
 def _json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, default=float) + "\n").encode()
 
@@ -160,9 +166,10 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
     def latency_fn(subnet: Subnet) -> float:
         return float(predictor.predict_ms(space.to_config(subnet), subnet.resolution))
 
-    # cheap checks first: an impossible target must fail before minutes of training
-    probe = Objective(space, lambda s: 0.0, latency_fn, target_ms=target_ms, mode=reward, w=w)
-    smallest_ms = probe.check_target()
+    # the target and reward without accuracy: the cheap checks first (an impossible target must fail before minutes
+    # of training), and later the re-ranking's limit and reward
+    goal = Objective(space, lambda s: 0.0, latency_fn, target_ms=target_ms, mode=reward, w=w)
+    smallest_ms = goal.check_target()
     largest_ms = latency_fn(space.largest())
 
     run_path = out / RUN_FILE
@@ -227,8 +234,7 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
     def accuracy_fn(subnet: Subnet) -> float:
         r = evaluate_subnet(net, sdata, subnet)
         evals[subnet.key()] = r
-        # the search split saturates on easy data: equal top-1 is broken by the loss (0.1 pt per unit of loss)
-        return r["top1"] - 0.1 * r["loss"]
+        return _search_score(r)
 
     result: SearchResult | None = None
     if resume and search_path.is_file():
@@ -277,18 +283,16 @@ def run_search(*, data: str = "digits", hardware: str, target_ms: float, out: st
         cached = json.loads(rr_path.read_text()) if resume and rr_path.is_file() else {}
         done = ({json.dumps(r["subnet"], sort_keys=True): r for r in cached["rows"]}
                 if cached.get("key") == rr_key else {})
-        obj = Objective(space, lambda s: 0.0, latency_fn, target_ms=target_ms, mode=reward, w=w)
-        top = top_candidates(result.history, rerank, feasible=obj.feasible)
+        top = top_candidates(result.history, rerank, feasible=goal.feasible)
         for i, c in enumerate(top):
             key = json.dumps(c.subnet.to_dict(), sort_keys=True)
             row = done.get(key)
             if row is None:
                 ft = finetune_and_evaluate(net, sdata, c.subnet, steps=rerank_steps, seed=seed)
-                acc = ft["top1"] - 0.1 * ft["loss"]  # the same tie-break as the search's own score
                 row = {"arch": c.subnet.describe(), "subnet": c.subnet.to_dict(), "latency_ms": c.latency_ms,
                        "inherited_top1": evals[c.subnet.key()]["top1"], "inherited_reward": c.reward,
                        "finetuned_top1": ft["top1"], "finetuned_loss": ft["loss"],
-                       "reward": obj.reward(acc, c.latency_ms)}
+                       "reward": goal.reward(_search_score(ft), c.latency_ms)}
                 done[key] = row
                 atomic_write_bytes(rr_path, _json({"key": rr_key, "rows": list(done.values())}))
             reranked.append(row)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..checkpoint import atomic_torch_save, save_safetensors
 from ..train.checkpoints import rng_state, set_rng_state
 from ..train.config import TrainConfig, resolve_config
-from ..train.data import build_datasets, eval_transform, skip_none_collate
+from ..train.data import build_datasets, eval_transform, skip_none_collate, take_batches
 from ..train.distill import distillation_loss
 from ..train.engine import _epoch_seed, _progress, _seed_everything, make_optimizer, warmup_cosine
 from .space import BlockChoice, SearchSpace, StageChoice, Subnet
@@ -223,12 +223,7 @@ class SearchData:
 def evaluate_subnet(net: Supernet, data: SearchData, subnet: Subnet, *, device: torch.device | str = "cpu"
                     ) -> dict[str, float]:
     """Top-1 (percent) and loss of ``subnet`` on the search split, after BN re-estimation on calibration images."""
-    model = net.extract(subnet)
-    recalibrate_bn(model, [b.to(device) for b in data.calibration_batches(subnet.resolution)])
-    x, y = data.search_set(subnet.resolution)
-    logits = torch.cat([model(b.to(device)) for b in x.split(256)]).float().cpu()
-    return {"top1": 100.0 * (logits.argmax(1) == y).float().mean().item(),
-            "loss": F.cross_entropy(logits, y).item()}
+    return _score_on_search_split(net.extract(subnet), data, subnet.resolution, device)
 
 
 def finetune_and_evaluate(net: Supernet, data: SearchData, subnet: Subnet, *, steps: int, lr: float = 5e-4,
@@ -244,42 +239,36 @@ def finetune_and_evaluate(net: Supernet, data: SearchData, subnet: Subnet, *, st
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     model = net.extract(subnet).to(device)
-    with torch.random.fork_rng(devices=[]):  # the augmentations draw from torch's global generator
-        torch.manual_seed(seed)
-        _finetune(model, data, subnet.resolution, steps=steps, lr=lr, batch_size=batch_size, seed=seed, device=device)
-    model.eval()
-    recalibrate_bn(model, [b.to(device) for b in data.calibration_batches(subnet.resolution)])
-    x, y = data.search_set(subnet.resolution)
-    with torch.no_grad():
-        logits = torch.cat([model(b.to(device)) for b in x.split(256)]).float().cpu()
-    return {"top1": 100.0 * (logits.argmax(1) == y).float().mean().item(),
-            "loss": F.cross_entropy(logits, y).item()}
-
-
-def _finetune(model: nn.Module, data: SearchData, resolution: int, *, steps: int, lr: float, batch_size: int,
-              seed: int, device: torch.device | str) -> None:
     if steps:
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        gen = torch.Generator().manual_seed(seed)
-        model.train()
-        step = 0
-        while step < steps:
-            loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, drop_last=len(data.train) > batch_size,
-                                generator=gen, num_workers=0, collate_fn=skip_none_collate)
-            for batch in loader:
-                if batch is None:
-                    continue
-                x, y = batch
+        with torch.random.fork_rng(devices=[]):  # the augmentations draw from torch's global generator
+            torch.manual_seed(seed)
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+            gen = torch.Generator().manual_seed(seed)  # one generator, advancing from pass to pass
+            loader = DataLoader(data.train, batch_size=batch_size, shuffle=True,
+                                drop_last=len(data.train) > batch_size, generator=gen, num_workers=0,
+                                collate_fn=skip_none_collate)
+            model.train()
+            for step, (x, y) in enumerate(take_batches(lambda _epoch: loader, steps)):
                 for group in opt.param_groups:
                     group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-                logits = model(resize_to(x.to(device), resolution))
-                loss = F.cross_entropy(logits, y.to(device), label_smoothing=0.1)
+                loss = F.cross_entropy(model(resize_to(x.to(device), subnet.resolution)), y.to(device),
+                                       label_smoothing=0.1)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                step += 1
-                if step >= steps:
-                    break
+    return _score_on_search_split(model, data, subnet.resolution, device)
+
+
+@torch.no_grad()  # the BN re-estimation's forward passes too: no autograd graph for them
+def _score_on_search_split(model: nn.Module, data: SearchData, resolution: int, device: torch.device | str
+                           ) -> dict[str, float]:
+    """Top-1 (percent) and loss of ``model`` on the search split after BN re-estimation on calibration images."""
+    model.eval()
+    recalibrate_bn(model, [b.to(device) for b in data.calibration_batches(resolution)])
+    x, y = data.search_set(resolution)
+    logits = torch.cat([model(b.to(device)) for b in x.split(256)]).float().cpu()
+    return {"top1": 100.0 * (logits.argmax(1) == y).float().mean().item(),
+            "loss": F.cross_entropy(logits, y).item()}
 
 
 def _build_teacher(cfg: SupernetConfig, num_classes: int) -> nn.Module | None:

@@ -178,6 +178,25 @@ def skip_none_collate(batch: list[Any]) -> Any:
     return default_collate(kept)
 
 
+def take_batches(make_loader: Callable[[int], Any], n: int) -> Any:
+    """Exactly ``n`` batches (``None`` batches skipped) from ``make_loader(epoch)``, a fresh pass per epoch: the
+    step loop of every short fine-tune, whatever its optimizer. ``make_loader`` decides what changes between
+    passes (a seed per epoch, or one generator that advances)."""
+    taken, epoch = 0, 0
+    while taken < n:
+        before = taken
+        for batch in make_loader(epoch):
+            if batch is None:
+                continue
+            yield batch
+            taken += 1
+            if taken >= n:
+                return
+        if taken == before:
+            raise ValueError("the training data yields no batches")
+        epoch += 1
+
+
 # ------------------------------------------------------------------------------------------------ transforms
 def _interp(name: str) -> Any:
     from torchvision.transforms import InterpolationMode
