@@ -16,6 +16,9 @@ Contenders:
   fastest int8 candidate whose held-out top-1 is within 0.5 pt of fp32; if none is, the fastest int8 one, marked);
 * ``edgezoo-bf16``  — ``optimize(precision="bf16")`` where the CPU has native bf16;
 * ``edgezoo-fp32``  — ``optimize()`` (fp32, backend auto);
+* ``edgezoo-int8(artifact)`` / ``edgezoo-fp32(artifact)`` (opt-in via ``--contenders``) — what a user ships:
+  ``edgezoo optimize RUN --precision int8|fp32 --out DIR`` run in a process of its own, and only the written
+  artifact loaded in the worker with ``edgezoo.deploy.load_optimized`` (its recorded engine settings);
 * ``nncf-ov(timm)`` — timm's model with the same weights, ``openvino.convert_model`` + ``nncf.quantize`` on the same
   calibration images (defaults; ``model_type=TRANSFORMER`` for token mixers), compiled with OpenVINO's defaults
   plus the latency hint — what the OpenVINO documentation tells a user to do;
@@ -110,6 +113,29 @@ def build(contender: str, run: str, threads: int):
     size = int(meta["img_size"])
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     info: dict = {"contender": contender, "model": meta["model"], "img_size": size}
+    if contender.endswith("(artifact)"):
+        # what a user ships: `edgezoo optimize RUN --out DIR` in a process of its own, then only the written
+        # artifact loaded here (edgezoo.deploy.load_optimized), so nothing of the optimizing process stays around
+        import shutil
+        import subprocess
+
+        from edgezoo.deploy import load_optimized
+
+        prec = contender.split("-")[1].split("(")[0]
+        guarded = not os.environ.get("EDGEZOO_BENCH_NOGUARD")
+        out = tempfile.mkdtemp(prefix="edgezoo-bench-artifact-")
+        cmd = [_python(), "-m", "edgezoo", "optimize", run, "--precision", prec, "--calib", "digits",
+               "--max-drop", "0.5" if guarded else "none", "--threads", str(threads), "--out", out, "--img-size",
+               str(size)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"edgezoo optimize failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+        eng = load_optimized(out, threads=threads)  # reads every file: the folder is not needed any more
+        shutil.rmtree(out, ignore_errors=True)
+        info.update(variant=eng.variant, fp32_top1=eng.fp32_top1, top1=eng.accuracy.get(eng.variant),
+                    guard="passed" if guarded else "passed (not applied: --no-guard, latency only)",
+                    openvino_config=eng.openvino_config)
+        return eng, info
     if contender.startswith("edgezoo-"):
         from edgezoo.deploy import optimize
 
@@ -351,6 +377,12 @@ def summarize(name: str, family: str, infos: dict) -> dict:
            "speedup_vs_best_fp32_peer": min(fp32_peers) / ours if ours and fp32_peers else None,
            "fp32_vs_best_fp32_peer": ms["edgezoo-fp32"] / min(fp32_peers) if "edgezoo-fp32" in ms and fp32_peers else None,
            "bf16_top1": infos.get("edgezoo-bf16", {}).get("measured_top1"),
+           # the artifacts `edgezoo optimize --out` wrote, loaded alone in a fresh process (load_optimized)
+           "int8_artifact_vs_best_int8_peer": ms["edgezoo-int8(artifact)"] / min(int8_peers)
+           if "edgezoo-int8(artifact)" in ms and int8_peers else None,
+           "int8_artifact_variant": infos.get("edgezoo-int8(artifact)", {}).get("variant"),
+           "fp32_artifact_vs_best_fp32_peer": ms["edgezoo-fp32(artifact)"] / min(fp32_peers)
+           if "edgezoo-fp32(artifact)" in ms and fp32_peers else None,
            "errors": {c: i["error"] for c, i in infos.items() if "error" in i}}
     return row
 
@@ -371,6 +403,15 @@ def markdown(rows) -> str:
                 f"{f(ms.get('ort-qdq(timm)'))} | {f(peer)} | {f(r['int8_vs_best_int8_peer'], 2)}× | "
                 f"{f(r['speedup_vs_best_fp32_peer'], 2)}× | {f(ms.get('edgezoo-bf16'))} ({f(r['bf16_top1'], 2)}) | "
                 f"{f(r['fp32_vs_best_fp32_peer'], 2)}× |\n")
+    extra = [r for r in rows if r.get("int8_artifact_vs_best_int8_peer") or r.get("fp32_artifact_vs_best_fp32_peer")]
+    if extra:  # the written artifacts, loaded in a fresh process: what a user deploys
+        out += ("\n| model (px) | edgezoo-int8(artifact) ms (engine) | ÷ best int8 peer | edgezoo-fp32(artifact) ms | "
+                "÷ best fp32 peer |\n|" + "---|" * 5 + "\n")
+        for r in extra:
+            ms = r["ms"]
+            out += (f"| {r['model']} ({r['img']}) | {f(ms.get('edgezoo-int8(artifact)'))} ({r['int8_artifact_variant']}) "
+                    f"| {f(r['int8_artifact_vs_best_int8_peer'], 2)}× | {f(ms.get('edgezoo-fp32(artifact)'))} | "
+                    f"{f(r['fp32_artifact_vs_best_fp32_peer'], 2)}× |\n")
     return out
 
 
@@ -415,7 +456,7 @@ def main(argv=None) -> int:
                             args.no_guard, replicas=args.replicas)
         rows.append(summarize(name, fam, infos))
         rows[-1]["workers"] = infos
-        print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+        print(markdown(rows[-1:]).split("\n\n")[0].splitlines()[-1], flush=True)
         if args.out:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)

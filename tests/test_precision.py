@@ -194,6 +194,62 @@ def test_nncf_artifact_reloads_with_same_outputs(trained_cnn, tmp_path):
     assert torch.allclose(torch.from_numpy(ir), engine(vx[:1]), atol=1e-4)
 
 
+
+@pytest.mark.parametrize("engines", [["onnxruntime-qdq"], ["openvino-qdq"], ["openvino-nncf"]])
+def test_load_optimized_runs_the_saved_engine_as_measured(trained_cnn, tmp_path, engines):
+    """What `edgezoo optimize --out DIR` ships reloads (in its engine, with its recorded settings) to the outputs
+    and the report of the engine that was chosen."""
+    if any(e.startswith("openvino") for e in engines) and not HAS_OV or engines == ["openvino-nncf"] and not HAS_NNCF:
+        pytest.skip("needs openvino / nncf (pip install 'edgezoo[export,precision]')")
+    from edgezoo.deploy import load_optimized
+
+    model, tx, vx, vy = trained_cnn
+    engine = optimize(model, vx[:1], precision="int8", calib=tx[:64], val=(vx, vy), max_drop=100.0,
+                      int8_engines=engines, **FAST)
+    engine.save(tmp_path)
+    loaded = load_optimized(tmp_path)
+    assert (loaded.backend, loaded.precision, loaded.variant) == (engine.backend, engine.precision, engine.variant)
+    assert loaded.openvino_config == engine.openvino_config and loaded.threads == engine.threads
+    assert loaded.accuracy == engine.accuracy and [c.name for c in loaded.candidates] == [c.name for c in engine.candidates]
+    assert torch.allclose(loaded(vx[:4]), engine(vx[:4]), atol=1e-4)
+    assert loaded.report()["chosen"] == engine.report()["chosen"]
+    with pytest.raises(ValueError, match=r"built for \(B, 3, 16, 16\) inputs"):
+        loaded(torch.randn(1, 3, 32, 32))
+
+
+def test_load_optimized_fp32_and_bad_folders(trained_cnn, tmp_path, monkeypatch):
+    import importlib
+    import json
+
+    from edgezoo.deploy import load_optimized
+
+    opt = importlib.import_module("edgezoo.deploy.optimize")  # the module (the package exports the function)
+    model, tx, vx, vy = trained_cnn
+    monkeypatch.setattr(opt, "AUTO_CANDIDATES", ("onnxruntime",))  # a graph engine, whatever this host prefers
+    engine = optimize(model, vx[:1], precision="fp32", val=(vx, vy), **FAST)
+    engine.save(tmp_path / "fp32")
+    loaded = load_optimized(tmp_path / "fp32", threads=1)
+    assert loaded.precision == "fp32" and loaded.backend == "onnxruntime" and loaded.threads == 1
+    assert torch.allclose(loaded(vx[:2]), model(vx[:2]), atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="is not a folder written by `edgezoo optimize --out`"):
+        load_optimized(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="report.json' is missing"):
+        load_optimized(tmp_path / "empty")
+    (tmp_path / "empty" / "report.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not an `edgezoo optimize` report"):
+        load_optimized(tmp_path / "empty")
+    (tmp_path / "fp32" / "model.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks model.onnx"):
+        load_optimized(tmp_path / "fp32")
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        load_optimized(tmp_path / "fp32", threads=0)
+    rep = engine.report()
+    rep["backend"], rep["artifacts"] = "eager", []
+    (tmp_path / "empty" / "report.json").write_text(json.dumps(rep))
+    with pytest.raises(ValueError, match="runs in 'eager', which has no file artifact"):
+        load_optimized(tmp_path / "empty")
+
 # --- CLI -------------------------------------------------------------------------------------------------------------
 def _cli(argv, capsys):
     from edgezoo.cli import main

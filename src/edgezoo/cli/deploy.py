@@ -419,6 +419,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if engine.openvino_config:  # the artifact runs as measured only when compiled with these settings
         print("compile it with OpenVINO properties " + ", ".join(f"{k}={v}" for k, v in engine.openvino_config.items()))
     print("wrote " + ", ".join(str(p) for p in written))
+    if engine.backend in ("onnxruntime", "openvino"):
+        print(f"run it as measured: edgezoo.deploy.load_optimized({str(out)!r})")
     return 0
 
 

@@ -7,7 +7,7 @@ phone runtimes (``pip install 'edgezoo[mobile]'``): ``export_model(format="tflit
 from .export import FORMATS, ExportResult, export_model
 from .fuse import ChannelAffine, FuseReport, fold_bn, fuse, remaining_batchnorms
 from .optimize import BACKENDS, OptimizedModel, available_backends, optimize
-from .precision import PRECISIONS, PrecisionEngine, optimize_precision
+from .precision import PRECISIONS, PrecisionEngine, load_optimized, optimize_precision
 from .quantize import QuantizedModel, digits_tensors, quantize_int8
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "export_model",
     "fold_bn",
     "fuse",
+    "load_optimized",
     "optimize",
     "optimize_precision",
     "quantize_int8",

@@ -163,6 +163,71 @@ class PrecisionEngine:
         return written
 
 
+def load_optimized(path: str | os.PathLike, *, threads: int | None = None) -> PrecisionEngine:
+    """The engine that :meth:`PrecisionEngine.save` (``edgezoo optimize --out DIR``) wrote, ready to run.
+
+    The artifact is compiled the way ``optimize`` measured it: ONNX Runtime with the same session options, OpenVINO
+    with the recorded ``openvino_config`` (thread pinning, inference precision). Without that, an OpenVINO int8
+    winner measured pinned or with bf16 float layers would run as another engine than the one that was chosen.
+    ``threads`` defaults to the count it was optimized with. The report's measurements come back unchanged
+    (``timings_ms``, ``accuracy``, ``candidates``); a PyTorch (eager / compile) winner has no file artifact and is
+    refused with what to do instead.
+    """
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    folder = Path(path)
+    report_file = folder / "report.json"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"path {str(folder)!r} is not a folder written by `edgezoo optimize --out`")
+    if not report_file.is_file():
+        raise FileNotFoundError(f"{str(report_file)!r} is missing: path must be a folder written by "
+                                "`edgezoo optimize --out` (or PrecisionEngine.save)")
+    try:
+        rep = json.loads(report_file.read_text())
+        backend, precision, variant = str(rep["backend"]), str(rep["precision"]), str(rep["chosen"])
+        input_shape = tuple(int(v) for v in rep["input_shape"])
+        names = [str(a) for a in rep["artifacts"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{str(report_file)!r} is not an `edgezoo optimize` report ({type(exc).__name__}: {exc})") \
+            from None
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{str(folder)!r} lacks {', '.join(missing)} named in its report.json")
+    threads = int(threads or rep.get("threads") or torch.get_num_threads())
+    files = {n: (folder / n).read_bytes() for n in names}
+    onnx_name = next((n for n in ("model_int8.onnx", "model.onnx") if n in files), None)
+    if backend == "onnxruntime" and onnx_name is not None:
+        from .export import ort_session
+
+        sess = ort_session(files[onnx_name], threads=threads)
+        input_name = sess.get_inputs()[0].name
+        runner = _per_image(lambda arr: sess.run(None, {input_name: arr})[0])
+    elif backend == "openvino" and ("model_int8.xml" in files or onnx_name is not None):
+        from .optimize import openvino_compile
+
+        ov = require("openvino")
+        model_file = "model_int8.xml" if "model_int8.xml" in files else onnx_name
+        ov_model = ov.Core().read_model(str(folder / model_file))
+        cfg = rep.get("openvino_config") or {}
+        compiled = openvino_compile(ov_model, threads, bool(cfg.get("ENABLE_CPU_PINNING", False)),
+                                    {"INFERENCE_PRECISION_HINT": str(cfg.get("INFERENCE_PRECISION_HINT", "f32"))})
+        runner = _per_image(_ov_request_runner(compiled.create_infer_request()))
+    else:
+        raise ValueError(f"{str(folder)!r}: the chosen engine {variant!r} runs in {backend!r}, which has no file "
+                         "artifact to load; build it with edgezoo.create_model(...) and edgezoo.deploy.optimize, "
+                         "or rerun `edgezoo optimize` with --precision int8 / fp32")
+    fields = {f for f in Candidate.__dataclass_fields__}
+    candidates = [Candidate(**{k: v for k, v in c.items() if k in fields}) for c in rep.get("candidates", [])]
+    return PrecisionEngine(
+        backend=backend, precision=precision, variant=variant,
+        timings_ms={c.name: c.latency_ms for c in candidates if c.latency_ms is not None},
+        accuracy={c.name: c.top1 for c in candidates if c.top1 is not None}, fp32_top1=rep.get("fp32_top1"),
+        max_drop=rep.get("max_drop"), candidates=candidates, reason=str(rep.get("reason", "")),
+        input_shape=input_shape, threads=threads, openvino_config=dict(rep.get("openvino_config") or {}),
+        _runner=runner, _artifacts=files,
+    )
+
+
 # --- data: calibration images and labelled held-out images --------------------------------------------------------
 def _as_images(data: Any, what: str) -> Tensor:
     """A ``(N, C, H, W)`` float tensor from a tensor, a ``(images, labels)`` pair or an iterable of batches."""
@@ -511,7 +576,8 @@ def optimize_precision(
     built = next(iter(fp32._runners.values()), None)
     if getattr(built, "isolate", None) is not None:
         runners[fp32_name].isolate = built.isolate  # type: ignore[attr-defined]
-    artifacts[fp32_name] = {"model.onnx": onnx}
+    # the graph the fp32 engine compiled: OpenVINO's has h-swish / h-sigmoid written out (see below)
+    artifacts[fp32_name] = {"model.onnx": onnx_ov if fp32.backend == "openvino" else onnx}
 
     def attempt(name: str, prec: str, backend: str, build: Callable[[], tuple[Runner, dict[str, bytes]]]) -> None:
         cand = Candidate(name, prec, backend)

@@ -61,6 +61,7 @@ from ..models.pruned import (
     shrink_group,
 )
 from .latency import check_hardware, latency_predictor, module_units
+from .supernet import recalibrate_bn
 
 STATE_JSON = "netadapt_state.json"
 STATE_WEIGHTS = "netadapt_state.safetensors"
@@ -269,29 +270,6 @@ def finetune(model: nn.Module, ds: Any, *, steps: int, settings: NetAdaptSetting
         loss.backward()
         opt.step()
     model.eval()
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]]) -> None:
-    """Re-estimate every BatchNorm's running statistics as the plain average over ``batches`` (forward only).
-
-    Pruning a layer changes the inputs of the layers after it, so their stored statistics no longer match; a
-    proposal evaluated with stale statistics would be judged by that mismatch rather than by what it lost."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not batches or not norms:
-        return
-    saved = [(m, m.momentum) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: the mean over the batches seen
-    model.train()
-    try:
-        for x, _ in batches:
-            model(x)
-    finally:
-        for m, mom in saved:
-            m.momentum = mom
-        model.eval()
 
 
 # ------------------------------------------------------------------------------------------------ proposals

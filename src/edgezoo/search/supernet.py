@@ -374,23 +374,32 @@ def resize_to(x: Tensor, resolution: int) -> Tensor:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor] | Iterable[tuple[Tensor, Tensor]]) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics on ``batches`` (exact averages, not a moving one).
 
-    Returns the model in eval mode. Needed before evaluating a subnet: the shared statistics were accumulated over
-    many subnets and fit none of them (Cai et al. 2020, §3.3; Yu et al. 2020).
+    ``batches``: image tensors, or ``(images, labels)`` pairs (labels ignored). Returns the model in eval mode,
+    each BatchNorm's momentum restored even if a forward fails. Needed before evaluating a subnet: the shared
+    statistics were accumulated over many subnets and fit none of them (Cai et al. 2020, §3.3; Yu et al. 2020);
+    likewise after NetAdapt prunes a layer, whose successors then see other inputs than their statistics describe.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    batches = list(batches)
+    if not bns or not batches:
+        return model.eval()
     saved = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None
+        m.momentum = None  # cumulative moving average: the plain mean over the batches seen
     model.train()
-    for x in batches:
-        model(x)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    return model.eval()
+    try:
+        for b in batches:
+            model(b[0] if isinstance(b, (tuple, list)) else b)
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.eval()
+    return model
 
 
 def shared_fraction(supernet: Supernet, subnet: Subnet) -> float:
