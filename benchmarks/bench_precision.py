@@ -415,6 +415,34 @@ def markdown(rows) -> str:
     return out
 
 
+def one_process(run: Path, contenders, args) -> dict:
+    """Every contender built here and timed interleaved in 3 passes (edgezoo.deploy.optimize.time_interleaved)."""
+    import torch
+
+    from edgezoo.deploy.optimize import time_interleaved
+
+    if args.img_size:
+        os.environ["EDGEZOO_BENCH_IMG"] = str(args.img_size)
+    if args.no_guard:
+        os.environ["EDGEZOO_BENCH_NOGUARD"] = "1"
+    fns, infos = {}, {}
+    for c in contenders:
+        started = time.time()
+        fns[c], infos[c] = build(c, str(run), args.threads)
+        print(f"  {run.name}: {c} built in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+    size = next(iter(infos.values()))["img_size"]
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    passes = []
+    with torch.inference_mode():
+        for _ in range(3):
+            t = time_interleaved({c: (lambda f=f: f(x)) for c, f in fns.items()}, repeats=args.rounds,
+                                 block=args.block)
+            passes.append({c: round(v, 4) for c, v in t.items()})
+            print("  " + ", ".join(f"{c} {v:.3f}" for c, v in passes[-1].items()), file=sys.stderr, flush=True)
+    return {"model": run.name, "img": size, "passes_ms": passes,
+            "variants": {c: i.get("variant") for c, i in infos.items() if i.get("variant")}}
+
+
 def main(argv=None) -> int:
     from edgezoo.deploy.optimize import ISOLATION_GAP_S
 
@@ -436,6 +464,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-guard", action="store_true",
                    help="int8/bf16 without the accuracy guard (max_drop=None; top-1 still measured): latency rows "
                         "for weights not trained at --img-size")
+    p.add_argument("--one-process", action="store_true",
+                   help="build every contender in this process and time them interleaved (3 passes of --rounds x "
+                        "--block): for the artifact contenders and peers, whose engines start alone; no process "
+                        "placement in the figures, but thread pools share the process")
     p.add_argument("--out", default=None, help="folder for precision.json / precision.md")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--run", help=argparse.SUPPRESS)
@@ -452,6 +484,12 @@ def main(argv=None) -> int:
     for fam in args.families:
         name = FAMILY_MODELS.get(fam, fam)
         run = train_run(name, Path(args.runs) / name, args.epochs)
+        if args.one_process:
+            rows.append(one_process(run, contenders, args))
+            if args.out:
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / "one_process.json").write_text(json.dumps(rows, indent=1))
+            continue
         infos = bench_model(run, contenders, args.threads, args.rounds, args.block, args.gap, args.img_size,
                             args.no_guard, replicas=args.replicas)
         rows.append(summarize(name, fam, infos))
@@ -465,7 +503,11 @@ def main(argv=None) -> int:
                     "command": " ".join(sys.argv)}
             (out / "precision.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
             (out / "precision.md").write_text(markdown(rows))
-    print(markdown(rows))
+    if args.one_process:
+        for r in rows:
+            print(f"{r['model']} ({r['img']} px), one process, ms per pass: " + json.dumps(r["passes_ms"]))
+    else:
+        print(markdown(rows))
     return 0
 
 

@@ -113,3 +113,17 @@ def test_search_proxy_ground_truth_is_the_mean_over_seeds():
     a = {"retrained_runs": {"0": {"top1": 90.0, "loss": 0.3}, "1": {"top1": 94.0, "loss": 0.1}}}
     module._mean_over_seeds(a)
     assert a["retrained_top1"] == 92.0 and a["retrained_loss"] == pytest.approx(0.2) and a["retrained_seeds"] == 2
+
+
+def test_bench_precision_summary_rates_the_shipped_artifacts_against_the_peers():
+    bp = _load("bench_precision")
+    infos = {"edgezoo-int8": {"ms": 2.6, "img_size": 224, "variant": "int8/openvino-qdq", "guard": "passed"},
+             "edgezoo-int8(artifact)": {"ms": 2.2, "variant": "int8/openvino-qdq/pinned"},
+             "edgezoo-fp32(artifact)": {"ms": 3.3}, "nncf-ov(timm)": {"ms": 2.4}, "nncf-ov-pinned(timm)": {"ms": 2.0},
+             "fp32-ort(timm)": {"ms": 3.0}, "fp32-ov-pinned(timm)": {"ms": 3.5}}
+    row = bp.summarize("mobilenetv3_large_100", "mobilenetv3", infos)
+    assert row["int8_vs_best_int8_peer"] == pytest.approx(2.6 / 2.0)
+    assert row["int8_artifact_vs_best_int8_peer"] == pytest.approx(2.2 / 2.0)
+    assert row["fp32_artifact_vs_best_fp32_peer"] == pytest.approx(3.3 / 3.0)
+    md = bp.markdown([row])
+    assert "| mobilenetv3_large_100 (224) | 2.200 (int8/openvino-qdq/pinned) | 1.10× | 3.300 | 1.10× |" in md
