@@ -310,7 +310,11 @@ def bench_model(run: Path, contenders, threads: int, rounds: int, block: int, ga
     procs, infos = {}, {}
     # each contender in ``replicas`` processes of its own: where the kernel places a process's threads and memory
     # moved one and the same small engine by +-25 % from process to process (BENCHMARKS.md, issue 14)
-    keys = [c if r == 0 else f"{c}#{r}" for c in contenders for r in range(replicas)]
+    # built round-robin, each round starting one contender later: a process's position in the build order moved
+    # its figure (the first-built processes of a run measured up to 1.7x the others, BENCHMARKS.md, issue 14), so
+    # every contender's replicas are spread over the order instead of one contender holding its first places
+    n = len(contenders)
+    keys = [(c if r == 0 else f"{c}#{r}") for r in range(replicas) for c in (contenders[(r + i) % n] for i in range(n))]
     for key in keys:  # built one at a time, so builds do not disturb each other
         c = key.split("#")[0]
         if _available_gib() < MIN_FREE_GIB:  # every worker keeps its engine (and torch) resident: ~1.2 GB at 224 px
@@ -458,7 +462,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/bench_precision", help="where the digits runs are trained / reused")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--replicas", type=int, default=1,
-                   help="processes per contender (its figure is the median of their medians)")
+                   help="processes per contender, built round-robin (its figure is the median of their medians)")
     p.add_argument("--img-size", type=int, default=None,
                    help="run convnets at this size instead of the run's (accuracy then measured at it too)")
     p.add_argument("--no-guard", action="store_true",
