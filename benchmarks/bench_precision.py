@@ -372,7 +372,8 @@ def summarize(name: str, family: str, infos: dict) -> dict:
     int8_peers = [ms[c] for c in INT8_PEERS if c in ms]
     fp32_peers = [ms[c] for c in FP32_PEERS if c in ms]
     ours = ms.get("edgezoo-int8")
-    row = {"family": family, "model": name, "img": infos.get("edgezoo-int8", {}).get("img_size"),
+    img = next((i["img_size"] for i in infos.values() if i.get("img_size")), None)  # every worker has it
+    row = {"family": family, "model": name, "img": img,
            "fp32_top1": infos.get("edgezoo-int8", {}).get("fp32_top1"),
            "int8_top1": infos.get("edgezoo-int8", {}).get("measured_top1"),
            "int8_variant": infos.get("edgezoo-int8", {}).get("variant"),
