@@ -311,7 +311,7 @@ def bench_model(run: Path, contenders, threads: int, rounds: int, block: int, ga
     # each contender in ``replicas`` processes of its own: where the kernel places a process's threads and memory
     # moved one and the same small engine by +-25 % from process to process (BENCHMARKS.md, issue 14)
     # built round-robin, each round starting one contender later: a process's position in the build order moved
-    # its figure (the first-built processes of a run measured up to 1.7x the others, BENCHMARKS.md, issue 14), so
+    # its figure (the first-built processes of a run measured up to 2-3x the others, BENCHMARKS.md, issue 14), so
     # every contender's replicas are spread over the order instead of one contender holding its first places
     n = len(contenders)
     keys = [(c if r == 0 else f"{c}#{r}") for r in range(replicas) for c in (contenders[(r + i) % n] for i in range(n))]

@@ -196,27 +196,23 @@ def load_optimized(path: str | os.PathLike, *, threads: int | None = None) -> Pr
     threads = int(threads or rep.get("threads") or torch.get_num_threads())
     files = {n: (folder / n).read_bytes() for n in names}
     onnx_name = next((n for n in ("model_int8.onnx", "model.onnx") if n in files), None)
+    # the same runners optimize_precision builds its candidates with (any ONNX model runs through _ort_int8)
     if backend == "onnxruntime" and onnx_name is not None:
-        from .export import ort_session
+        from .quantize import _ort_int8
 
-        sess = ort_session(files[onnx_name], threads=threads)
-        input_name = sess.get_inputs()[0].name
-        runner = _per_image(lambda arr: sess.run(None, {input_name: arr})[0])
+        runner = _ort_int8(files[onnx_name], threads)
     elif backend == "openvino" and ("model_int8.xml" in files or onnx_name is not None):
-        from .optimize import openvino_compile
-
         ov = require("openvino")
         model_file = "model_int8.xml" if "model_int8.xml" in files else onnx_name
-        ov_model = ov.Core().read_model(str(folder / model_file))
         cfg = rep.get("openvino_config") or {}
-        compiled = openvino_compile(ov_model, threads, bool(cfg.get("ENABLE_CPU_PINNING", False)),
-                                    {"INFERENCE_PRECISION_HINT": str(cfg.get("INFERENCE_PRECISION_HINT", "f32"))})
-        runner = _per_image(_ov_request_runner(compiled.create_infer_request()))
+        runner = _ov_runner(ov.Core().read_model(str(folder / model_file)), threads,
+                            pinned=bool(cfg.get("ENABLE_CPU_PINNING", False)),
+                            precision_hint=str(cfg.get("INFERENCE_PRECISION_HINT", "f32")))
     else:
         raise ValueError(f"{str(folder)!r}: the chosen engine {variant!r} runs in {backend!r}, which has no file "
                          "artifact to load; build it with edgezoo.create_model(...) and edgezoo.deploy.optimize, "
                          "or rerun `edgezoo optimize` with --precision int8 / fp32")
-    fields = {f for f in Candidate.__dataclass_fields__}
+    fields = set(Candidate.__dataclass_fields__)
     candidates = [Candidate(**{k: v for k, v in c.items() if k in fields}) for c in rep.get("candidates", [])]
     return PrecisionEngine(
         backend=backend, precision=precision, variant=variant,

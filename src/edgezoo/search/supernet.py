@@ -374,7 +374,6 @@ def resize_to(x: Tensor, resolution: int) -> Tensor:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor] | Iterable[tuple[Tensor, Tensor]]) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics on ``batches`` (exact averages, not a moving one).
 
